@@ -1,0 +1,199 @@
+"""Features and the forecast target, computed by time so gaps and disorder cannot fool them.
+
+One function serves training (`with_target=True`) and prediction (`with_target=False`), so
+a model always sees features built the same way.
+
+Rules, all by timestamp, never by row offset:
+
+- Calendar features (hour, minute, day_of_week with Monday = 0) are local time in `timezone`.
+- A *gap* is more than MAX_GAP (10 minutes) between consecutive readings: with the usual
+  1-5 minute cadence, one lost reading is not a gap, a silent tracker is.
+- Optional sensors missing in a row take the last value seen at most MAX_GAP earlier, else
+  stay NaN; the estimators impute what remains (see training.make_estimator).
+- `*_diff` is the change since the previous reading, NaN right after a gap.
+- `rolling_mean_*_5` is the mean of the current and up to 4 previous readings (the original
+  system's 5-reading window), never reaching back across a gap; NaN values are skipped.
+- The target is the power of the reading nearest to `t + horizon`, within `tolerance`
+  (default: max(1 min, horizon / 5), never more than half the horizon, so the match is always
+  after `t`). A reading with no such match (its horizon falls in a gap) has no target and is
+  dropped when `with_target`.
+
+No feature uses a reading after its own timestamp. Which optional sensors exist is decided
+per window: a sensor with no value in the window is left out, with every feature derived
+from it, and `FeatureFrame.features` lists what remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from solar_ml_pipeline.readings import OPTIONAL_SENSORS, clean_readings, sensors_present
+
+TARGET = "target_power"
+MAX_GAP = pd.Timedelta(minutes=10)
+ROLLING_READINGS = 5
+
+ORIGINAL_FEATURES = (
+    "hour", "minute", "day_of_week",
+    "servo_angle", "temperature", "humidity", "lux", "voltage", "current", "power", "fan_on",
+    "power_diff", "lux_diff", "rolling_mean_power_5", "rolling_mean_lux_5",
+)
+
+# The optional sensor each feature needs; features not listed need only timestamp and power.
+ORIGINAL_SOURCES = {
+    **{name: name for name in OPTIONAL_SENSORS},
+    "lux_diff": "lux",
+    "rolling_mean_lux_5": "lux",
+}
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """What a feature-set builder may depend on besides the readings (a solar set will also
+    need the site)."""
+
+    horizon_minutes: int
+    timezone: str
+
+
+@dataclass(frozen=True)
+class FeatureFrame:
+    """`frame`: timestamp, the usable feature columns (power among them), target when built
+    with one. `features`: the model inputs for this window, in feature-set order."""
+
+    frame: pd.DataFrame
+    features: list[str]
+    horizon_minutes: int
+    timezone: str
+    feature_set: str
+    with_target: bool
+
+
+# A builder gets cleaned, sorted readings and returns feature columns on the same index plus
+# the names usable in this window.
+FeatureBuilder = Callable[[pd.DataFrame, FeatureOptions], tuple[pd.DataFrame, list[str]]]
+
+
+def _segment_starts(timestamps: pd.Series) -> np.ndarray:
+    """For each row, the index of the first row of its gap-free run of readings."""
+    positions = np.arange(len(timestamps))
+    # diff() of the first row is NaT, which compares False: row 0 starts a run via position 0.
+    starts_run = timestamps.diff().to_numpy() > MAX_GAP.to_timedelta64()
+    return np.maximum.accumulate(np.where(starts_run, positions, 0))
+
+
+def _fill_recent(values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Missing values take the last value seen at most MAX_GAP earlier."""
+    positions = np.arange(len(values))
+    last_seen = np.maximum.accumulate(np.where(~np.isnan(values), positions, -1))
+    known = last_seen >= 0
+    source = np.where(known, last_seen, 0)
+    recent = known & (timestamps - timestamps[source] <= MAX_GAP.to_timedelta64())
+    return np.where(recent, values[source], np.nan)
+
+
+def _diff_since_previous(values: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+    previous = np.arange(len(values)) - 1
+    has_previous = previous >= segment_starts
+    safe = np.where(has_previous, previous, 0)
+    return np.where(has_previous, values - values[safe], np.nan)
+
+
+def _trailing_mean(values: np.ndarray, segment_starts: np.ndarray, readings: int) -> np.ndarray:
+    """Mean of the current and up to `readings - 1` previous values of the same run."""
+    n = len(values)
+    if n == 0:
+        return values
+    lags = np.arange(readings)
+    sources = np.arange(n)[:, None] - lags[None, :]
+    in_run = sources >= segment_starts[:, None]
+    window = np.where(in_run, values[np.where(in_run, sources, 0)], np.nan)
+    counts = np.sum(~np.isnan(window), axis=1)
+    sums = np.nansum(window, axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _original_features(readings: pd.DataFrame,
+                       options: FeatureOptions) -> tuple[pd.DataFrame, list[str]]:
+    timestamps = readings["timestamp"]
+    stamps = timestamps.to_numpy(dtype="datetime64[ns]")  # UTC instants, not objects
+    local = timestamps.dt.tz_convert(options.timezone)
+    starts = _segment_starts(timestamps)
+    columns: dict[str, np.ndarray] = {
+        "hour": local.dt.hour.to_numpy(dtype="int64"),
+        "minute": local.dt.minute.to_numpy(dtype="int64"),
+        "day_of_week": local.dt.dayofweek.to_numpy(dtype="int64"),
+    }
+    for name in (*OPTIONAL_SENSORS, "power"):
+        values = readings[name].to_numpy(dtype="float64")
+        columns[name] = values if name == "power" else _fill_recent(values, stamps)
+    columns["power_diff"] = _diff_since_previous(columns["power"], starts)
+    columns["lux_diff"] = _diff_since_previous(columns["lux"], starts)
+    columns["rolling_mean_power_5"] = _trailing_mean(columns["power"], starts, ROLLING_READINGS)
+    columns["rolling_mean_lux_5"] = _trailing_mean(columns["lux"], starts, ROLLING_READINGS)
+
+    present = set(sensors_present(readings))
+    usable = [
+        name for name in ORIGINAL_FEATURES
+        if ORIGINAL_SOURCES.get(name) is None or ORIGINAL_SOURCES[name] in present
+    ]
+    frame = pd.DataFrame({name: columns[name] for name in usable}, index=readings.index)
+    return frame, usable
+
+
+FEATURE_BUILDERS: dict[str, FeatureBuilder] = {
+    "original": _original_features,
+}
+
+
+def default_tolerance(horizon_minutes: int) -> timedelta:
+    """How far the target reading may sit from `t + horizon`: max(1 min, horizon/5), capped
+    at half the horizon so the target is never the reading at `t` itself."""
+    horizon = timedelta(minutes=horizon_minutes)
+    return min(max(timedelta(minutes=1), horizon / 5), horizon / 2)
+
+
+def _target(readings: pd.DataFrame, horizon: timedelta, tolerance: timedelta) -> np.ndarray:
+    wanted = pd.DataFrame({"at": readings["timestamp"] + horizon})
+    observed = pd.DataFrame({"at": readings["timestamp"], TARGET: readings["power"]})
+    matched = pd.merge_asof(wanted, observed, on="at", direction="nearest",
+                            tolerance=pd.Timedelta(tolerance))
+    return matched[TARGET].to_numpy(dtype="float64")
+
+
+def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezone: str,
+                        feature_set: str = "original", with_target: bool = True,
+                        tolerance: timedelta | None = None) -> FeatureFrame:
+    """Features (and the target) of every reading in the window, sorted by time.
+
+    The readings are cleaned first (idempotent), so raw, shuffled or duplicated input gives
+    the same frame as its cleaned form.
+    """
+    builder = FEATURE_BUILDERS.get(feature_set)
+    if builder is None:
+        raise ValueError(f"unknown feature set {feature_set!r}: expected one of "
+                         f"{', '.join(FEATURE_BUILDERS)}")
+    if horizon_minutes < 1:
+        raise ValueError(f"horizon_minutes={horizon_minutes!r} is invalid: expected at least 1")
+    clean, _ = clean_readings(readings)
+    options = FeatureOptions(horizon_minutes=horizon_minutes, timezone=timezone)
+    built, usable = builder(clean, options)
+    frame = pd.concat([clean[["timestamp"]], built], axis=1)
+    if "power" not in frame.columns:
+        frame["power"] = clean["power"]  # persistence needs power now, feature or not
+    if with_target:
+        horizon = timedelta(minutes=horizon_minutes)
+        if tolerance is None:
+            tolerance = default_tolerance(horizon_minutes)
+        elif not timedelta(0) <= tolerance < horizon:
+            raise ValueError(f"tolerance={tolerance} is invalid: expected 0 <= tolerance < "
+                             f"the {horizon_minutes} min horizon")
+        frame[TARGET] = _target(clean, horizon, tolerance)
+        frame = frame[frame[TARGET].notna()].reset_index(drop=True)
+    return FeatureFrame(frame=frame, features=usable, horizon_minutes=horizon_minutes,
+                        timezone=timezone, feature_set=feature_set, with_target=with_target)

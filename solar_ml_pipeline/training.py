@@ -1,0 +1,246 @@
+"""Fitting a forecaster on a feature frame and scoring it honestly against persistence.
+
+The split is by time (earlier 80 % train, later 20 % test, as the original system did), so the
+test window is the future of the training data. Persistence ("power stays what it is now")
+is scored on the same test rows; skill = 1 - MAE_model / MAE_persistence.
+
+Skill when persistence is perfect (MAE_persistence == 0, e.g. constant power): 0.0 if the
+model is perfect too, else NaN: "how much better than a perfect forecast" has no answer, and
+NaN keeps a made-up number out of plots and gates (the assets drop non-finite metadata).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import RegressorMixin
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    HistGradientBoostingRegressor,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from solar_ml_pipeline.config import MODEL_TYPES
+from solar_ml_pipeline.features import TARGET, FeatureFrame
+
+TRAIN_FRACTION = 0.8
+MIN_ROWS_TO_SPLIT = 10
+
+
+class InsufficientData(ValueError):
+    """Too few rows with a target to train and test; the message says how many and the fix."""
+
+
+class FeaturesUnavailable(ValueError):
+    """A model cannot be applied to a frame: features it was trained on are missing, or the
+    frame's target is for another horizon."""
+
+
+def _imputed(estimator: RegressorMixin, scale: bool = False) -> Pipeline:
+    """Median imputation (learned on the training rows only) in front of an estimator that
+    does not take NaN; empty columns are kept (as 0) so importances line up with features."""
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    steps: list[Any] = [imputer, StandardScaler(), estimator] if scale else [imputer, estimator]
+    return make_pipeline(*steps)
+
+
+def make_estimator(model_type: str, *, n_jobs: int = -1,
+                   params: Mapping[str, Any] | None = None) -> RegressorMixin:
+    """A fresh, NaN-safe estimator for MODEL_TYPE; `params` override the final step's settings.
+
+    random_forest is the original system's RandomForestRegressor(n_estimators=100,
+    max_depth=15, n_jobs=-1) (random_state fixed so reruns reproduce); ridge is a fast
+    linear baseline on scaled features.
+    """
+    overrides = dict(params or {})
+    if model_type == "random_forest":
+        settings = {"n_estimators": 100, "max_depth": 15, "n_jobs": n_jobs, "random_state": 0}
+        return _imputed(RandomForestRegressor(**{**settings, **overrides}))
+    if model_type == "extra_trees":
+        settings = {"n_estimators": 100, "max_depth": 15, "n_jobs": n_jobs, "random_state": 0}
+        return _imputed(ExtraTreesRegressor(**{**settings, **overrides}))
+    if model_type == "hist_gradient_boosting":
+        # Handles NaN natively: a missing value is a branch of its own, not a median.
+        settings = {"random_state": 0}
+        return HistGradientBoostingRegressor(**{**settings, **overrides})
+    if model_type == "ridge":
+        return _imputed(Ridge(**{"alpha": 1.0, **overrides}), scale=True)
+    raise ValueError(f"unknown model type {model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
+
+
+def _missing_features(features: list[str], frame: pd.DataFrame) -> list[str]:
+    return [name for name in features if name not in frame.columns]
+
+
+@dataclass
+class ForecastModel:
+    """A fitted estimator with what it takes to use it: its features, horizon and the time
+    zone its calendar features were computed in (build prediction frames the same way).
+
+    Pickled as a version file; keep this class at `solar_ml_pipeline.training.ForecastModel`.
+    """
+
+    estimator: Any
+    features: list[str]
+    horizon_minutes: int
+    model_type: str
+    feature_set: str
+    trained_at: datetime
+    timezone: str | None = None
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Forecast power `horizon_minutes` after each row of a frame from build_feature_frame."""
+        missing = _missing_features(self.features, frame)
+        if missing:
+            raise FeaturesUnavailable(
+                f"the model needs features missing from this frame: {', '.join(missing)}; "
+                f"build the frame from readings that include those sensors"
+            )
+        predictions = self.estimator.predict(frame[self.features].astype("float64"))
+        return np.asarray(predictions, dtype="float64")
+
+    def feature_importances(self) -> list[tuple[str, float]]:
+        """(feature, importance) pairs, largest first; empty for estimators without them."""
+        final = self.estimator[-1] if isinstance(self.estimator, Pipeline) else self.estimator
+        values = getattr(final, "feature_importances_", None)
+        if values is None and hasattr(final, "coef_"):
+            values = np.abs(np.ravel(final.coef_))
+        if values is None or len(values) != len(self.features):
+            return []
+        pairs = [(name, float(value)) for name, value in zip(self.features, values, strict=True)]
+        return sorted(pairs, key=lambda pair: pair[1], reverse=True)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    mae: float
+    rmse: float
+    r2: float
+    persistence_mae: float
+    persistence_rmse: float
+    skill: float
+    train_samples: int
+    test_samples: int
+    rows_used: int
+
+    def as_metrics(self) -> dict[str, float | int]:
+        return {
+            "mae": float(self.mae),
+            "rmse": float(self.rmse),
+            "r2": float(self.r2),
+            "persistence_mae": float(self.persistence_mae),
+            "persistence_rmse": float(self.persistence_rmse),
+            "skill": float(self.skill),
+            "train_samples": int(self.train_samples),
+            "test_samples": int(self.test_samples),
+            "rows_used": int(self.rows_used),
+        }
+
+
+def skill_score(mae: float, persistence_mae: float) -> float:
+    """1 - mae / persistence_mae; see the module docstring for a perfect persistence."""
+    if persistence_mae > 0:
+        return 1.0 - mae / persistence_mae
+    return 0.0 if mae == 0 else math.nan
+
+
+def split_time_ordered(frame: pd.DataFrame,
+                       train_fraction: float = TRAIN_FRACTION) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Earlier `train_fraction` of the rows (by timestamp) to train, the rest to test."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction={train_fraction!r} is invalid: expected 0 < f < 1")
+    ordered = frame.sort_values("timestamp", kind="mergesort").reset_index(drop=True)
+    cut = int(len(ordered) * train_fraction)
+    train, test = ordered.iloc[:cut], ordered.iloc[cut:]
+    if train.empty or test.empty:
+        raise InsufficientData(
+            f"not enough rows to split into train and test: {len(ordered)} rows with a target; "
+            f"use a longer window (RETRAIN_DAYS) or check the device's readings"
+        )
+    return train, test
+
+
+def _target_values(frame: pd.DataFrame) -> np.ndarray:
+    if TARGET not in frame.columns:
+        raise ValueError(f"the frame has no {TARGET} column: build it with with_target=True")
+    return frame[TARGET].to_numpy(dtype="float64")
+
+
+def score_on(model: ForecastModel, test_frame: pd.DataFrame, *,
+             horizon_minutes: int | None = None) -> float:
+    """MAE of any model (e.g. the champion) on a test frame (e.g. the challenger's).
+
+    Pass the frame's `horizon_minutes` to refuse a model trained for another horizon: its
+    MAE against this target would mean nothing.
+    """
+    if horizon_minutes is not None and model.horizon_minutes != horizon_minutes:
+        raise FeaturesUnavailable(
+            f"the model forecasts {model.horizon_minutes} min ahead but the frame's target is "
+            f"{horizon_minutes} min ahead; compare models of the same HORIZON_MINUTES"
+        )
+    missing = _missing_features(model.features, test_frame)
+    if missing:
+        raise FeaturesUnavailable(
+            f"cannot score the model on this window: its features {', '.join(missing)} are "
+            f"not available here (a sensor missing from the window)"
+        )
+    if test_frame.empty:
+        raise InsufficientData("cannot score a model on an empty test window")
+    return float(mean_absolute_error(_target_values(test_frame), model.predict(test_frame)))
+
+
+def train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon_minutes: int,
+                       feature_set: str, n_jobs: int = -1,
+                       estimator_params: Mapping[str, Any] | None = None,
+                       trained_at: datetime | None = None) -> tuple[ForecastModel, Evaluation]:
+    """Fit on the earlier 80 % of the frame, score the later 20 % against persistence."""
+    if feature_frame.horizon_minutes != horizon_minutes or feature_frame.feature_set != feature_set:
+        raise ValueError(
+            f"the feature frame was built for horizon {feature_frame.horizon_minutes} min and "
+            f"feature set {feature_frame.feature_set!r}, not {horizon_minutes} min and "
+            f"{feature_set!r}; rebuild it with the same settings"
+        )
+    frame = feature_frame.frame
+    if len(frame) < MIN_ROWS_TO_SPLIT:
+        raise InsufficientData(
+            f"not enough rows to train: {len(frame)} readings have a target "
+            f"{horizon_minutes} min later (need at least {MIN_ROWS_TO_SPLIT}); use a longer "
+            f"window (RETRAIN_DAYS) or check the device's readings"
+        )
+    train, test = split_time_ordered(frame)
+    features = list(feature_frame.features)
+    estimator = make_estimator(model_type, n_jobs=n_jobs, params=estimator_params)
+    estimator.fit(train[features].astype("float64"), _target_values(train))
+    model = ForecastModel(
+        estimator=estimator, features=features, horizon_minutes=horizon_minutes,
+        model_type=model_type, feature_set=feature_set,
+        trained_at=trained_at or datetime.now(UTC), timezone=feature_frame.timezone,
+    )
+    actual = _target_values(test)
+    predicted = model.predict(test)
+    persistence = test["power"].to_numpy(dtype="float64")
+    mae = float(mean_absolute_error(actual, predicted))
+    persistence_mae = float(mean_absolute_error(actual, persistence))
+    evaluation = Evaluation(
+        mae=mae,
+        rmse=float(np.sqrt(mean_squared_error(actual, predicted))),
+        r2=float(r2_score(actual, predicted)),
+        persistence_mae=persistence_mae,
+        persistence_rmse=float(np.sqrt(mean_squared_error(actual, persistence))),
+        skill=skill_score(mae, persistence_mae),
+        train_samples=len(train),
+        test_samples=len(test),
+        rows_used=len(frame),
+    )
+    return model, evaluation

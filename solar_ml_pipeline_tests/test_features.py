@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from solar_ml_pipeline.features import (
+    FEATURE_BUILDERS,
+    ORIGINAL_FEATURES,
+    TARGET,
+    build_feature_frame,
+    default_tolerance,
+)
+from solar_ml_pipeline.storage.base import READING_FIELDS
+
+T0 = pd.Timestamp("2026-02-24T00:00:00Z")
+COLOMBO = "Asia/Colombo"
+
+
+def synthetic_readings(minutes: np.ndarray | list[float], seed: int = 0) -> pd.DataFrame:
+    """Readings at the given minute offsets from T0 with every sensor, power a noisy daily curve."""
+    offsets = np.asarray(minutes, dtype="float64")
+    rng = np.random.default_rng(seed)
+    n = len(offsets)
+    daylight = np.clip(np.sin(offsets / 1440.0 * 2 * np.pi + 0.3), 0, None)  # T0 is 05:30 local
+    frame = pd.DataFrame({"timestamp": T0 + pd.to_timedelta(offsets, unit="min")})
+    frame["servo_angle"] = 90 * daylight
+    frame["temperature"] = 28 + 5 * daylight + rng.normal(0, 0.3, n)
+    frame["humidity"] = 70 - 10 * daylight + rng.normal(0, 1, n)
+    frame["lux"] = 80_000 * daylight * rng.uniform(0.6, 1.0, n)
+    frame["voltage"] = 12 + 6 * daylight
+    frame["current"] = 3 * daylight * rng.uniform(0.6, 1.0, n)
+    frame["power"] = frame["voltage"] * frame["current"]
+    frame["fan_on"] = (frame["temperature"] > 31).astype("float64")
+    return frame
+
+
+def _build(readings: pd.DataFrame, **options):
+    options.setdefault("horizon_minutes", 15)
+    options.setdefault("timezone", COLOMBO)
+    return build_feature_frame(readings, **options)
+
+
+def _by_timestamp(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index("timestamp")
+
+
+def _nearest_within(timestamps: pd.Series, wanted: pd.Timestamp, tolerance: timedelta):
+    """Brute-force reference: index of the reading nearest `wanted` within tolerance, or None."""
+    distance = (timestamps - wanted).abs()
+    best = distance.idxmin()
+    return best if distance[best] <= tolerance else None
+
+
+def test_original_features_are_the_original_fifteen_in_order():
+    assert ORIGINAL_FEATURES == (
+        "hour", "minute", "day_of_week", "servo_angle", "temperature", "humidity", "lux",
+        "voltage", "current", "power", "fan_on", "power_diff", "lux_diff",
+        "rolling_mean_power_5", "rolling_mean_lux_5",
+    )
+    built = _build(synthetic_readings(range(60)))
+    assert built.features == list(ORIGINAL_FEATURES)
+    assert list(built.frame.columns) == ["timestamp", *ORIGINAL_FEATURES, TARGET]
+
+
+def test_target_is_the_power_horizon_minutes_later_matched_by_time():
+    readings = synthetic_readings(range(120))
+    readings["power"] = np.arange(120.0) * 10  # distinct values: the match is unambiguous
+    frame = _build(readings).frame
+    exact = frame[frame["timestamp"] <= T0 + pd.Timedelta(minutes=119 - 15)]
+    np.testing.assert_array_equal(exact[TARGET], (np.arange(len(exact)) + 15) * 10)
+    # past the last reading, t + 15 still matches it within the 3-minute tolerance
+    assert frame["timestamp"].iloc[-1] == T0 + pd.Timedelta(minutes=119 - 15 + 3)
+    assert frame[TARGET].iloc[-1] == 1190
+
+
+def test_a_reading_whose_horizon_falls_in_a_gap_gets_no_target_and_is_dropped():
+    minutes = [*range(0, 60), *range(90, 150)]  # nothing from minute 60 to 89
+    readings = synthetic_readings(minutes)
+    built = _build(readings)
+    kept = set(built.frame["timestamp"])
+    tolerance = default_tolerance(15)
+    for stamp in readings["timestamp"]:
+        match = _nearest_within(readings["timestamp"], stamp + timedelta(minutes=15), tolerance)
+        assert (stamp in kept) == (match is not None), stamp
+    # t = 50 min: t + 15 = 65 is 6 min from any reading, so that row cannot be trained on
+    assert T0 + pd.Timedelta(minutes=50) not in kept
+    # t = 45: t + 15 = 60 is nearest the reading at minute 59; a row offset of 15 would have
+    # paired it with minute 90, after the gap
+    power_at = _by_timestamp(readings)["power"]
+    target_45 = _by_timestamp(built.frame).loc[T0 + pd.Timedelta(minutes=45), TARGET]
+    assert target_45 == power_at[T0 + pd.Timedelta(minutes=59)]
+    assert target_45 != power_at[T0 + pd.Timedelta(minutes=90)]
+
+
+def test_irregular_cadence_targets_match_a_brute_force_nearest_reading():
+    rng = np.random.default_rng(3)
+    minutes = np.cumsum(rng.uniform(0.5, 6.0, 300))
+    readings = synthetic_readings(minutes)
+    built = _build(readings)
+    tolerance = default_tolerance(15)
+    expected = {}
+    for stamp in readings["timestamp"]:
+        match = _nearest_within(readings["timestamp"], stamp + timedelta(minutes=15), tolerance)
+        if match is not None:
+            expected[stamp] = readings.loc[match, "power"]
+    got = dict(zip(built.frame["timestamp"], built.frame[TARGET], strict=True))
+    assert got == expected
+
+
+def test_an_explicit_zero_tolerance_accepts_only_exact_matches():
+    readings = synthetic_readings([0, 1, 15, 17])
+    built = _build(readings, tolerance=timedelta(0))
+    assert built.frame["timestamp"].tolist() == [T0]
+
+
+def test_a_tolerance_reaching_back_to_the_reading_itself_is_refused():
+    with pytest.raises(ValueError, match="tolerance"):
+        _build(synthetic_readings(range(30)), tolerance=timedelta(minutes=15))
+
+
+@pytest.mark.parametrize(("horizon", "tolerance"), [
+    (15, timedelta(minutes=3)), (1, timedelta(seconds=30)), (60, timedelta(minutes=12)),
+    (3, timedelta(minutes=1)),
+])
+def test_default_tolerance_is_a_fifth_of_the_horizon_at_least_a_minute_below_half(horizon,
+                                                                                 tolerance):
+    assert default_tolerance(horizon) == tolerance
+
+
+def test_shuffled_and_duplicated_input_gives_the_same_frame():
+    readings = synthetic_readings(np.cumsum(np.random.default_rng(1).uniform(0.5, 4, 400)))
+    messy = pd.concat([readings, readings.iloc[::7]]).sample(frac=1.0, random_state=5)
+    expected = _build(readings)
+    got = _build(messy)
+    pd.testing.assert_frame_equal(got.frame, expected.frame)
+    assert got.features == expected.features
+
+
+def test_no_feature_uses_a_reading_after_its_timestamp():
+    minutes = [*range(0, 200), *range(215, 400)]
+    readings = synthetic_readings(minutes)
+    cut = T0 + pd.Timedelta(minutes=250)
+    future = readings["timestamp"] > cut
+    changed = readings.copy()
+    sensors = list(READING_FIELDS)
+    changed.loc[future, sensors] = changed.loc[future, sensors] * 3 + 100
+    changed = changed.drop(changed.index[future][::3])  # and lose some future readings
+    full = _build(readings, with_target=False).frame
+    perturbed = _build(changed, with_target=False).frame
+    past_only = _build(readings[~future], with_target=False).frame
+    past = full[full["timestamp"] <= cut].reset_index(drop=True)
+    pd.testing.assert_frame_equal(perturbed[perturbed["timestamp"] <= cut].reset_index(drop=True),
+                                  past)
+    pd.testing.assert_frame_equal(past_only, past)
+
+
+def test_calendar_features_are_local_time_of_the_configured_zone():
+    readings = synthetic_readings([13 * 60, 20 * 60])  # 13:00 and 20:00 UTC on a Tuesday
+    frame = _build(readings, with_target=False).frame
+    # Colombo is UTC+05:30: 18:30 Tuesday, then 01:30 Wednesday
+    assert frame[["hour", "minute", "day_of_week"]].values.tolist() == [[18, 30, 1], [1, 30, 2]]
+    utc = _build(readings, timezone="UTC", with_target=False).frame
+    assert utc[["hour", "minute", "day_of_week"]].values.tolist() == [[13, 0, 1], [20, 0, 1]]
+
+
+def test_power_diff_is_the_change_since_the_previous_reading_and_nan_after_a_gap():
+    readings = synthetic_readings([0, 1, 11, 22, 23])  # 10 min is not a gap, 11 min is
+    readings["power"] = [1.0, 2.0, 4.0, 8.0, 16.0]
+    frame = _build(readings, with_target=False).frame
+    np.testing.assert_array_equal(frame["power_diff"], [np.nan, 1.0, 2.0, np.nan, 8.0])
+
+
+def test_rolling_means_cover_the_last_five_readings_and_restart_after_a_gap():
+    minutes = [0, 1, 2, 3, 4, 5, 6, 30, 31]
+    readings = synthetic_readings(minutes)
+    readings["power"] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 100.0, 200.0]
+    readings["lux"] = [10.0, np.nan, 30.0, 40.0, 50.0, 60.0, 70.0, 1.0, 3.0]
+    frame = _build(readings, with_target=False).frame
+    np.testing.assert_allclose(frame["rolling_mean_power_5"],
+                               [1, 1.5, 2, 2.5, 3, 4, 5, 100, 150])
+    # the missing lux at minute 1 is filled from minute 0 (1 min old) before averaging
+    np.testing.assert_allclose(frame["rolling_mean_lux_5"],
+                               [10, 10, 50 / 3, 22.5, 28, 38, 50, 1, 2])
+
+
+def test_missing_optional_values_are_filled_only_from_the_last_ten_minutes():
+    readings = synthetic_readings(range(0, 30))
+    readings["temperature"] = np.nan
+    readings.loc[0, "temperature"] = 25.0
+    frame = _build(readings, with_target=False).frame
+    filled = frame["temperature"]
+    assert (filled[:11] == 25.0).all()
+    assert filled[11:].isna().all()
+
+
+def test_an_optional_sensor_absent_from_the_window_is_left_out_with_its_derived_features():
+    readings = synthetic_readings(range(60))
+    readings["lux"] = np.nan
+    readings = readings.drop(columns=["humidity"])
+    built = _build(readings)
+    missing = {"lux", "lux_diff", "rolling_mean_lux_5", "humidity"}
+    assert built.features == [name for name in ORIGINAL_FEATURES if name not in missing]
+    assert missing.isdisjoint(built.frame.columns)
+    assert "power" in built.frame.columns
+
+
+def test_prediction_frame_keeps_every_reading_up_to_the_latest_without_a_target():
+    readings = synthetic_readings(range(30))
+    built = _build(readings, with_target=False)
+    assert TARGET not in built.frame.columns
+    assert len(built.frame) == 30
+    assert built.frame["timestamp"].iloc[-1] == readings["timestamp"].iloc[-1]
+    training = _build(readings).frame
+    shared = built.frame.iloc[: len(training)]
+    pd.testing.assert_frame_equal(shared, training.drop(columns=[TARGET]))
+
+
+def test_an_empty_window_builds_an_empty_frame():
+    built = _build(synthetic_readings([]))
+    assert built.frame.empty
+    assert TARGET in built.frame.columns and "power" in built.frame.columns
+
+
+def test_unknown_feature_set_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown feature set 'nope': expected one of original"):
+        _build(synthetic_readings(range(5)), feature_set="nope")
+    assert "original" in FEATURE_BUILDERS
+
+
+def test_a_month_of_one_minute_readings_builds_in_well_under_a_second():
+    readings = synthetic_readings(np.arange(30 * 24 * 60)).sample(frac=1.0, random_state=0)
+    _build(readings.iloc[:100])  # warm imports and caches
+    started = time.perf_counter()
+    built = _build(readings)
+    elapsed = time.perf_counter() - started
+    assert len(built.frame) == 30 * 24 * 60 - 12  # the last 12 have no reading near t + 15
+    assert elapsed < 1.0

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import math
+import pickle
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+
+from solar_ml_pipeline.config import MODEL_TYPES
+from solar_ml_pipeline.features import TARGET, build_feature_frame
+from solar_ml_pipeline.training import (
+    FeaturesUnavailable,
+    ForecastModel,
+    InsufficientData,
+    make_estimator,
+    score_on,
+    skill_score,
+    split_time_ordered,
+    train_and_evaluate,
+)
+from solar_ml_pipeline_tests.test_features import synthetic_readings
+
+FAST = {
+    "random_forest": {"n_estimators": 10},
+    "extra_trees": {"n_estimators": 10},
+    "hist_gradient_boosting": {"max_iter": 20},
+    "ridge": {},
+}
+
+
+def _feature_frame(minutes=range(600), horizon_minutes=15, **options):
+    return build_feature_frame(synthetic_readings(minutes, **options),
+                               horizon_minutes=horizon_minutes, timezone="Asia/Colombo")
+
+
+def _train(feature_frame, model_type="ridge", horizon_minutes=15):
+    return train_and_evaluate(feature_frame, model_type=model_type,
+                              horizon_minutes=horizon_minutes, feature_set="original",
+                              n_jobs=1, estimator_params=FAST[model_type])
+
+
+def test_split_trains_on_the_earlier_rows_and_tests_on_the_later_ones():
+    frame = _feature_frame().frame
+    train, test = split_time_ordered(frame.sample(frac=1.0, random_state=2))
+    assert (len(train), len(test)) == (int(len(frame) * 0.8), len(frame) - int(len(frame) * 0.8))
+    assert train["timestamp"].max() < test["timestamp"].min()
+    assert train["timestamp"].is_monotonic_increasing and test["timestamp"].is_monotonic_increasing
+
+
+def test_split_refuses_a_frame_too_small_for_a_test_set():
+    frame = _feature_frame().frame.iloc[:1]
+    with pytest.raises(InsufficientData, match="1 rows"):
+        split_time_ordered(frame)
+    with pytest.raises(ValueError, match="train_fraction"):
+        split_time_ordered(frame, train_fraction=1.0)
+
+
+def test_default_random_forest_is_the_original_one():
+    estimator = make_estimator("random_forest")
+    forest = estimator[-1]
+    assert isinstance(forest, RandomForestRegressor)
+    assert (forest.n_estimators, forest.max_depth, forest.n_jobs) == (100, 15, -1)
+
+
+def test_unknown_model_type_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown model type 'svm': expected one of random_forest"):
+        make_estimator("svm")
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_model_type_trains_on_readings_with_missing_values(model_type):
+    readings = synthetic_readings(range(600))
+    readings.loc[::4, ["temperature", "lux"]] = np.nan
+    readings.loc[200:260, "humidity"] = np.nan  # longer than the fill limit: stays NaN
+    built = build_feature_frame(readings, horizon_minutes=15, timezone="Asia/Colombo")
+    assert built.frame[built.features].isna().any().any()
+    model, evaluation = _train(built, model_type)
+    assert model.model_type == model_type
+    assert np.isfinite(model.predict(built.frame)).all()
+    assert math.isfinite(evaluation.mae) and evaluation.mae >= 0
+
+
+def test_metrics_count_the_rows_and_compare_against_persistence_on_the_test_rows():
+    built = _feature_frame()
+    model, evaluation = _train(built)
+    _, test = split_time_ordered(built.frame)
+    persistence_error = (test[TARGET] - test["power"]).abs().mean()
+    assert evaluation.persistence_mae == pytest.approx(persistence_error)
+    assert evaluation.skill == pytest.approx(1 - evaluation.mae / evaluation.persistence_mae)
+    assert evaluation.train_samples + evaluation.test_samples == evaluation.rows_used
+    assert evaluation.rows_used == len(built.frame)
+    metrics = evaluation.as_metrics()
+    assert set(metrics) == {"mae", "rmse", "r2", "persistence_mae", "persistence_rmse", "skill",
+                            "train_samples", "test_samples", "rows_used"}
+    assert all(type(metrics[name]) is float for name in ("mae", "rmse", "r2", "skill"))
+    assert type(metrics["rows_used"]) is int
+
+
+def test_skill_is_known_on_a_ramp_that_persistence_misses_and_a_linear_model_learns():
+    readings = synthetic_readings(range(300))
+    readings["power"] = 2.0 * np.arange(300)  # rises 2 W a minute: persistence is 30 W short
+    built = build_feature_frame(readings, horizon_minutes=15, timezone="UTC",
+                                tolerance=timedelta(0))  # exact matches: every target 30 W up
+    _, evaluation = train_and_evaluate(built, model_type="ridge", horizon_minutes=15,
+                                       feature_set="original", estimator_params={"alpha": 1e-6})
+    assert evaluation.persistence_mae == pytest.approx(30.0)
+    assert evaluation.mae < 0.5
+    assert evaluation.skill == pytest.approx(1 - evaluation.mae / 30.0)
+    assert evaluation.skill > 0.98
+
+
+@pytest.mark.parametrize(("mae", "persistence_mae", "skill"), [
+    (1.0, 2.0, 0.5), (3.0, 2.0, -0.5), (0.0, 0.0, 0.0),
+], ids=["half-the-error", "worse-than-persistence", "both-perfect"])
+def test_skill_score(mae, persistence_mae, skill):
+    assert skill_score(mae, persistence_mae) == skill
+
+
+def test_skill_is_undefined_when_persistence_is_perfect_and_the_model_is_not():
+    assert math.isnan(skill_score(0.5, 0.0))
+
+
+def test_too_few_rows_with_a_target_is_insufficient_data_with_a_clear_message():
+    built = _feature_frame(minutes=range(20))  # 20 readings, 8 with a target 15 min later
+    with pytest.raises(InsufficientData, match=r"not enough rows to train: 8 readings"):
+        _train(built)
+
+
+def test_a_frame_built_for_another_horizon_is_refused():
+    built = _feature_frame(horizon_minutes=30)
+    with pytest.raises(ValueError, match="built for horizon 30 min"):
+        _train(built, horizon_minutes=15)
+
+
+def test_a_model_pickles_and_predicts_the_same_after_unpickling():
+    built = _feature_frame()
+    model, _ = _train(built, "random_forest")
+    restored = pickle.loads(pickle.dumps(model))
+    assert isinstance(restored, ForecastModel)
+    assert restored.features == model.features and restored.timezone == "Asia/Colombo"
+    np.testing.assert_array_equal(restored.predict(built.frame), model.predict(built.frame))
+
+
+def test_scoring_a_model_on_its_own_test_split_reproduces_its_mae():
+    built = _feature_frame()
+    model, evaluation = _train(built)
+    _, test = split_time_ordered(built.frame)
+    assert score_on(model, test, horizon_minutes=15) == pytest.approx(evaluation.mae)
+
+
+def test_a_champion_is_scored_on_the_challengers_test_window():
+    champion, _ = _train(_feature_frame(seed=1))
+    challenger_frame = _feature_frame(minutes=range(600, 1200), seed=2)
+    challenger, _ = _train(challenger_frame)
+    _, test = split_time_ordered(challenger_frame.frame)
+    expected = (champion.predict(test) - test[TARGET]).abs().mean()
+    assert score_on(champion, test) == pytest.approx(expected)
+
+
+def test_a_champion_needing_a_sensor_missing_from_the_window_cannot_be_scored():
+    champion, _ = _train(_feature_frame())
+    readings = synthetic_readings(range(600))
+    readings["lux"] = np.nan
+    without_lux = build_feature_frame(readings, horizon_minutes=15, timezone="Asia/Colombo")
+    _, test = split_time_ordered(without_lux.frame)
+    with pytest.raises(FeaturesUnavailable, match="lux, lux_diff, rolling_mean_lux_5"):
+        score_on(champion, test)
+    with pytest.raises(FeaturesUnavailable, match="lux"):
+        champion.predict(test)
+
+
+def test_a_champion_for_another_horizon_cannot_be_scored():
+    champion, _ = _train(_feature_frame(horizon_minutes=30), horizon_minutes=30)
+    _, test = split_time_ordered(_feature_frame().frame)
+    with pytest.raises(FeaturesUnavailable, match="30 min ahead"):
+        score_on(champion, test, horizon_minutes=15)
+
+
+def test_feature_importances_name_every_feature_largest_first():
+    built = _feature_frame()
+    model, _ = _train(built, "random_forest")
+    importances = model.feature_importances()
+    assert sorted(name for name, _ in importances) == sorted(built.features)
+    values = [value for _, value in importances]
+    assert values == sorted(values, reverse=True)
+
+
+def test_model_records_its_settings_and_training_time():
+    trained_at = datetime(2026, 2, 24, 13, 0, tzinfo=UTC)
+    built = _feature_frame()
+    model, _ = train_and_evaluate(built, model_type="ridge", horizon_minutes=15,
+                                  feature_set="original", trained_at=trained_at)
+    assert (model.model_type, model.feature_set, model.horizon_minutes) == (
+        "ridge", "original", 15)
+    assert model.trained_at == trained_at
+    assert model.features == built.features
+
