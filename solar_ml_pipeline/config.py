@@ -99,6 +99,11 @@ def _text(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return value.strip()
 
 
+def _text_or(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _text(env, name, None)
+    return default if value is None else value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, form: str) -> int:
     raw = _text(env, name, None)
     if raw is None:
@@ -140,8 +145,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = _text(env, name, default)
-    assert raw is not None
+    raw = _text_or(env, name, default)
     if raw not in choices:
         raise ConfigError(f"{name}={raw!r} is invalid: expected one of {', '.join(choices)}")
     return raw
@@ -153,8 +157,7 @@ def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
 
 
 def _retrain_time(env: Mapping[str, str]) -> str:
-    raw = _text(env, "RETRAIN_TIME", "18:30")
-    assert raw is not None
+    raw = _text_or(env, "RETRAIN_TIME", "18:30")
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", raw)
     if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
         raise ConfigError(f"RETRAIN_TIME={raw!r} is invalid: expected HH:MM from 00:00 to 23:59")
@@ -162,8 +165,7 @@ def _retrain_time(env: Mapping[str, str]) -> str:
 
 
 def _timezone(env: Mapping[str, str]) -> str:
-    raw = _text(env, "TIMEZONE", "Asia/Colombo")
-    assert raw is not None
+    raw = _text_or(env, "TIMEZONE", "Asia/Colombo")
     try:
         ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
@@ -182,8 +184,7 @@ def _interval(env: Mapping[str, str]) -> int:
 
 
 def _periods_start(env: Mapping[str, str]) -> date:
-    raw = _text(env, "PERIODS_START", "2026-01-01")
-    assert raw is not None
+    raw = _text_or(env, "PERIODS_START", "2026-01-01")
     try:
         return date.fromisoformat(raw)
     except ValueError:
@@ -201,8 +202,7 @@ def _mongodb_uri(env: Mapping[str, str]) -> str | None:
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _text(env, name, default)
-    assert raw is not None
+    raw = _text_or(env, name, default)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", raw):
         raise ConfigError(f"{name}={raw!r} is invalid: expected letters, digits and _ (max 63)")
     return raw

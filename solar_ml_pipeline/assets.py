@@ -1,0 +1,353 @@
+"""The retraining assets: raw_readings -> feature_frame -> model_version -> promotion_decision.
+
+Thin Dagster wrappers: the work is in readings, features, training, promotion and registry.
+Each asset records a `failed` run-log entry itself when it fails, so an attempt launched from
+anywhere (schedule, UI, CLI) leaves its record even without a job-level hook.
+"""
+
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from solar_ml_pipeline import features, promotion, readings, training
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.failures import days_from_run_config, record_failed_attempt
+from solar_ml_pipeline.io_managers import partition_parts
+from solar_ml_pipeline.partitions import retrain_partitions
+from solar_ml_pipeline.registry import ModelCandidate
+from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
+from solar_ml_pipeline.run_records import (
+    STATUS_SUCCESS,
+    base_record,
+    one_line,
+    utc_now,
+)
+
+GROUP = "retraining"
+OWNERS = ["team:solar-ml"]
+ENOUGH_ROWS_CHECK = "enough_rows"
+
+
+class RetrainConfig(dg.Config):
+    """Run-time overrides for a manual retrain (the schedule passes none)."""
+
+    days: int | None = None
+
+
+class TrainingFailed(dg.Failure):
+    """A failure whose description is the one-line error recorded in the run log."""
+
+
+def _window(context: dg.AssetExecutionContext, days: int) -> tuple[datetime, datetime]:
+    period = context.partition_time_window
+    cutoff = period.start.astimezone(UTC)
+    return cutoff - timedelta(days=days), cutoff
+
+
+def _days_used(context: dg.AssetExecutionContext, policy: RetrainPolicy) -> int:
+    return days_from_run_config(context.run.run_config) or policy.retrain_days
+
+
+def _run_duration_s(context: dg.AssetExecutionContext) -> float | None:
+    stats = context.instance.get_run_stats(context.run_id)
+    return round(time.time() - stats.start_time, 3) if stats.start_time else None
+
+
+@contextmanager
+def _recorded_attempt(context: dg.AssetExecutionContext, settings: Settings,
+                      store: StoreResource) -> Iterator[None]:
+    """On any failure, leave one `failed` record for this run (unless one exists) and re-raise."""
+    try:
+        yield
+    except Exception as exc:
+        message = exc.description if isinstance(exc, dg.Failure) and exc.description else str(exc)
+        device_id, period_key = partition_parts(context)
+        try:
+            record_failed_attempt(
+                store.open(), settings, run_id=context.run_id, device_id=device_id,
+                period_key=period_key, days=days_from_run_config(context.run.run_config),
+                message=message or type(exc).__name__, duration_s=_run_duration_s(context),
+            )
+        except Exception as log_exc:  # noqa: BLE001 - the run log may be the thing that is down
+            context.log.error(f"could not record the failed attempt in the run log: {log_exc}")
+        raise
+
+
+def no_data_message(device_id: str, start: datetime, end: datetime, rows: int) -> str:
+    return (f"No data found for training: device {device_id}, "
+            f"window [{start.isoformat()}, {end.isoformat()}): {rows} rows")
+
+
+def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    partitions_def = retrain_partitions(settings)
+    backend_kind = "mongodb" if settings.mongodb_uri else "sqlite"
+    common: dict[str, Any] = {
+        "partitions_def": partitions_def,
+        "group_name": GROUP,
+        "owners": OWNERS,
+        "tags": {"domain": "solar-forecasting"},
+    }
+
+    @dg.asset(
+        **common,
+        io_manager_key="frame_io_manager",
+        kinds={"pandas", backend_kind},
+        description=(
+            "The device's readings in the training window [period start - RETRAIN_DAYS, "
+            "period start), typed, deduplicated on timestamp and sorted."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec(
+                ENOUGH_ROWS_CHECK, asset="raw_readings", blocking=True,
+                description="The window holds at least MIN_TRAINING_ROWS clean readings.",
+            )
+        ],
+    )
+    def raw_readings(context: dg.AssetExecutionContext, config: RetrainConfig,
+                     store: StoreResource, policy: RetrainPolicy) -> Iterator[Any]:
+        with _recorded_attempt(context, settings, store):
+            device_id, _ = partition_parts(context)
+            days = config.days or policy.retrain_days
+            start, end = _window(context, days)
+            frame = store.open().read_window(device_id, start, end)
+            clean, report = readings.clean_readings(frame)
+            rows = len(clean)
+            yield dg.Output(
+                clean,
+                metadata={
+                    "window_start": start.isoformat(),
+                    "window_end": end.isoformat(),
+                    "days_used": days,
+                    "rows": rows,
+                    **report.as_metadata(),
+                },
+            )
+            enough = rows >= policy.min_training_rows
+            message = no_data_message(device_id, start, end, rows)
+            yield dg.AssetCheckResult(
+                check_name=ENOUGH_ROWS_CHECK,
+                passed=enough,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=None if enough else message,
+                metadata={"rows": rows, "min_training_rows": policy.min_training_rows},
+            )
+            if not enough:
+                raise TrainingFailed(description=message)
+
+    @dg.asset(
+        **common,
+        io_manager_key="frame_io_manager",
+        kinds={"pandas"},
+        description=(
+            "Features of each reading and the target: power HORIZON_MINUTES later, matched by "
+            "time. Sensors the device never sent in the window are left out."
+        ),
+    )
+    def feature_frame(context: dg.AssetExecutionContext, raw_readings: pd.DataFrame,
+                      store: StoreResource, policy: RetrainPolicy) -> dg.Output:
+        with _recorded_attempt(context, settings, store):
+            built = features.build_feature_frame(
+                raw_readings,
+                horizon_minutes=policy.horizon_minutes,
+                timezone=policy.timezone,
+                feature_set=policy.feature_set,
+                with_target=True,
+            )
+            return dg.Output(
+                built,
+                metadata={
+                    "rows": len(built.frame),
+                    "features": dg.MetadataValue.json(list(built.features)),
+                    "feature_count": len(built.features),
+                    "feature_set": policy.feature_set,
+                    "horizon_minutes": policy.horizon_minutes,
+                },
+            )
+
+    @dg.asset(
+        **common,
+        io_manager_key="model_io_manager",
+        kinds={"scikitlearn"},
+        description=(
+            "A model fitted on the earlier 80 % of the feature frame and scored on the later "
+            "20 % against persistence; stored as a new immutable version."
+        ),
+    )
+    def model_version(context: dg.AssetExecutionContext, feature_frame: Any,
+                      store: StoreResource, models: ModelStoreResource,
+                      policy: RetrainPolicy) -> dg.Output:
+        with _recorded_attempt(context, settings, store):
+            device_id, period_key = partition_parts(context)
+            days = _days_used(context, policy)
+            start, end = _window(context, days)
+            model, evaluation = training.train_and_evaluate(
+                feature_frame,
+                model_type=policy.model_type,
+                horizon_minutes=policy.horizon_minutes,
+                feature_set=policy.feature_set,
+            )
+            trained_at = utc_now()
+            version = models.registry().new_version_id(trained_at)
+            metrics = evaluation.as_metrics()
+            meta = {
+                "device_id": device_id,
+                "version": version,
+                "trained_at": trained_at.isoformat().replace("+00:00", "Z"),
+                "days_used": days,
+                "rows_used": int(metrics.get("rows_used", len(feature_frame.frame))),
+                "features": list(model.features),
+                "metrics": metrics,
+                "model_type": policy.model_type,
+                "feature_set": policy.feature_set,
+                "horizon_minutes": policy.horizon_minutes,
+                "partition_key": str(context.partition_key),
+                "period": period_key,
+                "window_start": start.isoformat().replace("+00:00", "Z"),
+                "window_end": end.isoformat().replace("+00:00", "Z"),
+                "cutoff": end.isoformat().replace("+00:00", "Z"),
+            }
+            float_metadata = {
+                name: float(value) for name, value in metrics.items()
+                if isinstance(value, float) and math.isfinite(value)
+            }
+            int_metadata = {
+                name: int(value) for name, value in metrics.items()
+                if isinstance(value, int) and not isinstance(value, bool)
+            }
+            return dg.Output(
+                ModelCandidate(device_id=device_id, version=version, model=model, meta=meta),
+                metadata={
+                    **float_metadata,
+                    **int_metadata,
+                    "model_type": policy.model_type,
+                    "feature_importance": _importance_table(model),
+                },
+            )
+
+    @dg.asset(
+        **common,
+        kinds={"python"},
+        description=(
+            "Whether the new version replaces the one in service: both scored on the new "
+            "version's test window; promoted only per the MAE threshold policy, never for a "
+            "backfill older than the model in service."
+        ),
+    )
+    def promotion_decision(context: dg.AssetExecutionContext, model_version: Any,
+                           feature_frame: Any, store: StoreResource,
+                           models: ModelStoreResource, policy: RetrainPolicy) -> dg.Output:
+        with _recorded_attempt(context, settings, store):
+            return _decide_and_record(context, model_version, feature_frame, store, models, policy)
+
+    return [raw_readings, feature_frame, model_version, promotion_decision]
+
+
+def _importance_table(model: Any) -> dg.MetadataValue:
+    importances = getattr(model, "feature_importances", None)
+    rows = []
+    if callable(importances):
+        for name, value in importances():
+            rows.append(dg.TableRecord({"feature": name, "importance": float(value)}))
+    return dg.MetadataValue.table(
+        records=rows,
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("feature", "string"), dg.TableColumn("importance", "float"),
+        ]),
+    )
+
+
+def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_frame: Any,
+                       store: StoreResource, models: ModelStoreResource,
+                       policy: RetrainPolicy) -> dg.Output:
+    device_id, period_key = partition_parts(context)
+    registry = models.registry()
+    meta = stored.meta
+    metrics = meta["metrics"]
+    _, test = training.split_time_ordered(feature_frame.frame)
+    cutoff = datetime.fromisoformat(meta["cutoff"].replace("Z", "+00:00"))
+    challenger = promotion.Contender(version=stored.version, mae=float(metrics["mae"]),
+                                     cutoff=cutoff)
+    with registry.device_lock(device_id):
+        pointer = registry.read_pointer(device_id)
+        champion = None
+        champion_note = None
+        if pointer is not None:
+            champion_meta = registry.read_meta(device_id, pointer["version"])
+            champion_cutoff = datetime.fromisoformat(
+                str(champion_meta.get("cutoff") or champion_meta["trained_at"]).replace("Z", "+00:00")
+            )
+            try:
+                champion_model = registry.load_model(device_id, pointer["version"])
+                champion_mae = training.score_on(champion_model, test,
+                                                  horizon_minutes=policy.horizon_minutes)
+            except training.FeaturesUnavailable as exc:
+                champion_mae = float("nan")
+                champion_note = str(exc)
+            champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
+                                           cutoff=champion_cutoff)
+        decision = promotion.decide_promotion(challenger, champion, policy.mae_threshold_percent)
+        new_pointer = registry.set_pointer(device_id, stored.version) if decision.promoted else pointer
+
+    reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
+    record = base_record(
+        run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
+        period=period_key, window_start=_parse(meta["window_start"]), window_end=_parse(meta["window_end"]),
+        days_used=meta["days_used"], horizon_minutes=meta["horizon_minutes"],
+        model_type=meta["model_type"], trained_at=_parse(meta["trained_at"]),
+    )
+    record.update(
+        rows_used=meta["rows_used"],
+        mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
+        train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
+        persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
+        features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
+        version=stored.version, status=STATUS_SUCCESS, error=None,
+        promoted=decision.promoted, decision_reason=one_line(reason), decision_rule=decision.rule,
+        champion_version=champion.version if champion else None,
+        champion_mae=_finite_or_none(champion.mae) if champion else None,
+        duration_s=_run_duration_s(context), finished_at=utc_now(),
+    )
+    store.open().upsert_run(record)
+    context.log.info(f"{device_id} {period_key}: {reason}")
+    return dg.Output(
+        {"promoted": decision.promoted, "reason": reason, "challenger_version": stored.version,
+         "champion_version": record["champion_version"]},
+        metadata={
+            "promoted": decision.promoted,
+            "reason": reason,
+            "rule": decision.rule,
+            "challenger_version": stored.version,
+            "challenger_mae": float(challenger.mae),
+            "champion_version": record["champion_version"] or "",
+            "contenders": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord({"role": "challenger", "version": stored.version,
+                                    "mae": float(challenger.mae)}),
+                    *([dg.TableRecord({"role": "champion", "version": champion.version,
+                                       "mae": float(champion.mae)})] if champion else []),
+                ],
+                schema=dg.TableSchema(columns=[
+                    dg.TableColumn("role", "string"), dg.TableColumn("version", "string"),
+                    dg.TableColumn("mae", "float"),
+                ]),
+            ),
+            **({"champion_mae": float(champion.mae)}
+               if champion and math.isfinite(champion.mae) else {}),
+            "pointer": dg.MetadataValue.json(new_pointer or {}),
+        },
+    )
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,51 @@
+"""Recording failed attempts: one `failed` run-log record per run, whoever notices first.
+
+Three paths can notice a failure: the asset itself (most errors), the job's failure hook
+(errors before an asset body runs, such as loading an input) and the run-failure sensor (a run
+whose worker died). All write through `record_failed_attempt`, which never overwrites a record
+the run already has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.partitions import InvalidPeriod, training_window
+from solar_ml_pipeline.run_records import STATUS_FAILED, base_record, failed_fields
+from solar_ml_pipeline.storage.base import RunLog
+
+DEVICE_TAG = "dagster/partition/device"
+PERIOD_TAG = "dagster/partition/period"
+
+
+def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, device_id: str,
+                          period_key: str, days: int | None, message: str,
+                          duration_s: float | None = None) -> bool:
+    """Write the failed record unless this run already has one; True when it wrote."""
+    existing = run_log.get_run(run_id)
+    if existing is not None and existing.get("status") in (STATUS_FAILED, "success"):
+        return False
+    days_used = days or settings.retrain_days
+    try:
+        window = training_window(settings, device_id, period_key, days_used)
+        start, end = window.start, window.end
+    except InvalidPeriod:
+        start = end = None
+    record = base_record(
+        run_id=run_id, device_id=device_id, partition_key=f"{device_id}|{period_key}",
+        period=period_key, window_start=start, window_end=end, days_used=days_used,
+        horizon_minutes=settings.horizon_minutes, model_type=settings.model_type,
+    )
+    record.update(failed_fields(message, duration_s))
+    run_log.upsert_run(record)
+    return True
+
+
+def days_from_run_config(run_config: Any) -> int | None:
+    """The `--days` override a manual run carried, if any."""
+    try:
+        value = run_config["ops"]["raw_readings"]["config"]["days"]
+    except (KeyError, TypeError):
+        return None
+    return int(value) if value else None

@@ -1,0 +1,99 @@
+"""Dagster resources: the readings/run-log store, the model registry and the retrain policy.
+
+Each is configured from Settings in `definitions.py`; the MongoDB URI is passed as an EnvVar
+so it is never shown in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.storage import Store, open_store
+
+
+class StoreResource(dg.ConfigurableResource):
+    """Readings, run log and sites: MongoDB when `mongodb_uri` is set, else embedded SQLite."""
+
+    mongodb_uri: str | None = None
+    mongodb_db: str = "solar_db"
+    collection_readings: str = "readings_raw"
+    collection_model_runs: str = "model_runs"
+    collection_devices: str = "devices"
+    sqlite_path: str = ".solar_ml/solar_ml.db"
+    mongodb_timeout_ms: int = 5000
+
+    _store: Store | None = PrivateAttr(default=None)
+    _pid: int | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StoreResource:
+        return cls(
+            mongodb_uri=dg.EnvVar("MONGODB_URI") if settings.mongodb_uri else None,
+            mongodb_db=settings.mongodb_db,
+            collection_readings=settings.collection_readings,
+            collection_model_runs=settings.collection_model_runs,
+            collection_devices=settings.collection_devices,
+            sqlite_path=str(settings.sqlite_path),
+            mongodb_timeout_ms=settings.mongodb_timeout_ms,
+        )
+
+    def settings(self) -> Settings:
+        return Settings(
+            mongodb_uri=self.mongodb_uri,
+            mongodb_db=self.mongodb_db,
+            collection_readings=self.collection_readings,
+            collection_model_runs=self.collection_model_runs,
+            collection_devices=self.collection_devices,
+            solar_ml_home=Path(self.sqlite_path).parent,
+            mongodb_timeout_ms=self.mongodb_timeout_ms,
+        )
+
+    def open(self) -> Store:
+        """One store per process: connections are not shared across a fork."""
+        if self._store is None or self._pid != os.getpid():
+            self._store = open_store(self.settings())
+            self._pid = os.getpid()
+        return self._store
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """The versioned model files and current-model pointers under MODEL_DIR."""
+
+    model_dir: str
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(Path(self.model_dir))
+
+
+class RetrainPolicy(dg.ConfigurableResource):
+    """How a partition is trained and judged; the values come from Settings."""
+
+    retrain_days: int = 7
+    horizon_minutes: int = 15
+    model_type: str = "random_forest"
+    feature_set: str = "original"
+    min_training_rows: int = 100
+    mae_threshold_percent: float = 10.0
+    timezone: str = "Asia/Colombo"
+    site_latitude: float = 6.9271
+    site_longitude: float = 79.8612
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetrainPolicy:
+        return cls(
+            retrain_days=settings.retrain_days,
+            horizon_minutes=settings.horizon_minutes,
+            model_type=settings.model_type,
+            feature_set=settings.feature_set,
+            min_training_rows=settings.min_training_rows,
+            mae_threshold_percent=settings.mae_threshold_percent,
+            timezone=settings.timezone,
+            site_latitude=settings.site_latitude,
+            site_longitude=settings.site_longitude,
+        )

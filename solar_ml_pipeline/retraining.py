@@ -1,0 +1,78 @@
+"""Launching the retrain job for one (device, period) outside the schedule: CLI and API.
+
+Runs go through the same asset job as the schedule and are recorded in the DAGSTER_HOME
+instance, so they show in the UI beside scheduled ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.instance import ensure_dagster_home
+from solar_ml_pipeline.jobs import RETRAIN_JOB
+from solar_ml_pipeline.partitions import (
+    DEVICE_DIMENSION,
+    partition_key,
+    period_bounds,
+    period_key_at,
+)
+from solar_ml_pipeline.run_records import utc_now
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    device_id: str
+    period_key: str
+    days: int | None = None
+
+
+def resolve_request(settings: Settings, device_id: str, period_key: str | None = None,
+                    days: int | None = None) -> RetrainRequest:
+    """Validate what the user asked for before anything is launched or written."""
+    validate_device_id(device_id)
+    if days is not None and days < 1:
+        raise ValueError(f"invalid --days {days}: expected a whole number of days, at least 1")
+    period = period_key if period_key is not None else period_key_at(settings, utc_now())
+    period_bounds(settings, period)  # raises InvalidPeriod with the accepted form
+    return RetrainRequest(device_id, period, days)
+
+
+def run_config_for(request: RetrainRequest, verbose: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if request.days is not None:
+        config["ops"] = {"raw_readings": {"config": {"days": request.days}}}
+    if not verbose:
+        config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
+    return config
+
+
+def run_tags(request: RetrainRequest, trigger: str) -> dict[str, str]:
+    return {"solar/device": request.device_id, "solar/period": request.period_key,
+            "solar/trigger": trigger}
+
+
+def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbose: bool = False,
+                          trigger: str = "cli") -> str:
+    """Run the retrain job for one partition in this process; returns the Dagster run id.
+
+    The outcome (success or failure) is in the run log under that id.
+    """
+    from solar_ml_pipeline.definitions import build_definitions
+
+    ensure_dagster_home(settings)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(RETRAIN_JOB)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(DEVICE_DIMENSION, [request.device_id])
+        result = job.execute_in_process(
+            run_config=run_config_for(request, verbose),
+            instance=instance,
+            partition_key=partition_key(request.device_id, request.period_key),
+            tags=run_tags(request, trigger),
+            raise_on_error=False,
+        )
+        return result.run_id

@@ -1,0 +1,78 @@
+"""The `model_runs` record: one per attempt, with the original system's fields and ours.
+
+Built here as plain dicts so the assets, the failure hook, the failure sensor, the CLI and the
+API all write and read the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+RUN_FIELDS = (
+    # original system
+    "run_id", "device_id", "trained_at", "days_used", "horizon_minutes", "rows_used",
+    "mae", "rmse", "r2", "train_samples", "test_samples", "features", "model_path",
+    "status", "error", "promoted",
+    # this project
+    "partition_key", "window_start", "window_end", "version", "model_type",
+    "persistence_mae", "skill", "champion_version", "champion_mae", "decision_reason",
+    "duration_s",
+)
+STATUS_SUCCESS = "success"
+STATUS_FAILED = "failed"
+KIND_RETRAIN = "retrain"
+KIND_ROLLBACK = "rollback"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def base_record(*, run_id: str, device_id: str, partition_key: str | None, period: str | None,
+                window_start: datetime | None, window_end: datetime | None,
+                days_used: float | None, horizon_minutes: int, model_type: str | None,
+                trained_at: datetime | None = None) -> dict[str, Any]:
+    """Every field present (None until known), so a record always has the documented shape."""
+    record: dict[str, Any] = dict.fromkeys(RUN_FIELDS)
+    record.update(
+        run_id=run_id,
+        device_id=device_id,
+        trained_at=trained_at or utc_now(),
+        days_used=days_used,
+        horizon_minutes=horizon_minutes,
+        partition_key=partition_key,
+        period=period,
+        window_start=window_start,
+        window_end=window_end,
+        model_type=model_type,
+        promoted=False,
+        kind=KIND_RETRAIN,
+    )
+    return record
+
+
+def failed_fields(error: str, duration_s: float | None = None) -> dict[str, Any]:
+    return {"status": STATUS_FAILED, "error": one_line(error), "promoted": False,
+            "duration_s": duration_s, "finished_at": utc_now()}
+
+
+def one_line(message: str, limit: int = 500) -> str:
+    """Errors are stored and shown as one line; tracebacks belong in the Dagster run logs."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def public_run(record: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready copy of a record (datetimes as ISO 8601 with Z) for CLI and API output."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        out[key] = iso_z(value) if isinstance(value, datetime) else value
+    return out
+
+
+def iso_z(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,100 @@
+"""The retrain job end to end in one process, on simulated readings in the embedded store."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
+from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
+
+
+def _retrain(settings, device_id, period=PERIOD, days=None):
+    run_id = retrain_in_foreground(settings, resolve_request(settings, device_id, period, days))
+    return run_id
+
+
+@pytest.fixture
+def device_with_data(settings, store):
+    simulate_into(store, "tracker01", days=10)
+    return "tracker01"
+
+
+def test_first_retrain_stores_a_verified_version_promotes_it_and_logs_success(settings, store, device_with_data):
+    run_id = _retrain(settings, device_with_data)
+    record = store.get_run(run_id)
+    assert record["status"] == "success", record["error"]
+    assert record["promoted"] is True
+    assert record["partition_key"] == f"tracker01|{PERIOD}"
+    assert record["period"] == PERIOD
+    assert record["rows_used"] > 1000 and record["train_samples"] > record["test_samples"] > 0
+    for field in ("mae", "rmse", "r2", "persistence_mae", "skill"):
+        assert isinstance(record[field], float)
+    model_dir = settings.model_dir / device_with_data
+    pointer = json.loads((model_dir / "current_model.json").read_text())
+    pkl = Path(pointer["model_path"])
+    assert pointer["version"] == record["version"]
+    assert pkl.parent == model_dir / "versions" and pkl.name == f"model_{record['version']}.pkl"
+    assert hashlib.sha256(pkl.read_bytes()).hexdigest() == pointer["sha256"]
+    meta = json.loads(Path(pointer["metadata_path"]).read_text())
+    assert meta["dagster_run_id"] == run_id
+    assert meta["window_end"].startswith("2026-03-10T13:00")
+    assert meta["features"] == record["features"]
+
+
+def test_materialisation_metadata_carries_float_metrics_for_the_ui(settings, store, device_with_data):
+    run_id = _retrain(settings, device_with_data)
+    with dg.DagsterInstance.get() as instance:
+        events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        by_asset = {e.event_log_entry.dagster_event.asset_key.to_user_string():
+                    e.event_log_entry.dagster_event.step_materialization_data.materialization.metadata
+                    for e in events}
+    assert set(by_asset) == {"raw_readings", "feature_frame", "model_version", "promotion_decision"}
+    model_meta = by_asset["model_version"]
+    for name in ("mae", "rmse", "r2", "persistence_mae", "skill"):
+        assert isinstance(model_meta[name], dg.FloatMetadataValue), name
+    assert isinstance(by_asset["promotion_decision"]["promoted"], dg.BoolMetadataValue)
+
+
+def test_no_data_attempt_fails_and_leaves_a_failed_record(settings, store):
+    store.write_readings([])  # empty store: the window has 0 rows
+    run_id = _retrain(settings, "ghost01")
+    record = store.get_run(run_id)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("No data found for training: device ghost01, window [")
+    assert record["error"].endswith("): 0 rows")
+    assert record["promoted"] is False
+    assert not (settings.model_dir / "ghost01" / "current_model.json").exists()
+
+
+def test_retrain_of_the_same_period_makes_a_new_version_and_records_the_decision(settings, store, device_with_data):
+    first = store.get_run(_retrain(settings, device_with_data))
+    second = store.get_run(_retrain(settings, device_with_data))
+    assert second["status"] == "success"
+    assert second["version"] != first["version"]
+    assert second["champion_version"] == first["version"]
+    assert isinstance(second["champion_mae"], float)
+    assert second["decision_reason"]
+    versions = list((settings.model_dir / device_with_data / "versions").glob("model_*.pkl"))
+    assert len(versions) == 2
+
+
+def test_backfill_of_an_older_period_is_recorded_but_leaves_the_pointer(settings, store, device_with_data):
+    current = store.get_run(_retrain(settings, device_with_data))
+    pointer_file = settings.model_dir / device_with_data / "current_model.json"
+    before = pointer_file.read_text()
+    backfill = store.get_run(_retrain(settings, device_with_data, period="2026-03-08", days=2))
+    assert backfill["status"] == "success"
+    assert backfill["promoted"] is False
+    assert "backfill" in backfill["decision_reason"].lower()
+    assert pointer_file.read_text() == before
+    assert json.loads(before)["version"] == current["version"]
+
+
+def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, device_with_data):
+    record = store.get_run(_retrain(settings, device_with_data))
+    assert record["window_end"].isoformat().startswith("2026-03-10T13:00")
+    # simulate_into writes a day beyond the cutoff; rows_used counts only the 7-day window
+    assert record["rows_used"] <= 7 * 24 * 60
