@@ -8,6 +8,7 @@ anywhere (schedule, UI, CLI) leaves its record even without a job-level hook.
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,17 @@ from solar_ml_pipeline.run_records import (
 GROUP = "retraining"
 OWNERS = ["team:solar-ml"]
 ENOUGH_ROWS_CHECK = "enough_rows"
+FRESH_READINGS_CHECK = "fresh_readings"
+POSITIVE_SKILL_CHECK = "positive_skill"
+
+
+def _partition_check(name: str, asset: str, description: str,
+                     partitions_def: dg.PartitionsDefinition, blocking: bool = False) -> dg.AssetCheckSpec:
+    """A check recorded per device x period partition (partitioned check specs are Preview)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(name, asset=asset, description=description, blocking=blocking,
+                                 partitions_def=partitions_def)
 
 
 class RetrainConfig(dg.Config):
@@ -104,10 +116,17 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "period start), typed, deduplicated on timestamp and sorted."
         ),
         check_specs=[
-            dg.AssetCheckSpec(
-                ENOUGH_ROWS_CHECK, asset="raw_readings", blocking=True,
-                description="The window holds at least MIN_TRAINING_ROWS clean readings.",
-            )
+            _partition_check(
+                ENOUGH_ROWS_CHECK, "raw_readings",
+                "The window holds at least MIN_TRAINING_ROWS clean readings (blocking).",
+                partitions_def, blocking=True,
+            ),
+            _partition_check(
+                FRESH_READINGS_CHECK, "raw_readings",
+                "The latest reading is at most one period older than the cutoff: a silent "
+                "tracker still trains, on stale data (warning).",
+                partitions_def,
+            ),
         ],
     )
     def raw_readings(context: dg.AssetExecutionContext, config: RetrainConfig,
@@ -138,6 +157,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 description=None if enough else message,
                 metadata={"rows": rows, "min_training_rows": policy.min_training_rows},
             )
+            yield _freshness_result(report.last_timestamp, end, context.partition_time_window)
             if not enough:
                 raise TrainingFailed(description=message)
 
@@ -175,6 +195,14 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         **common,
         io_manager_key="model_io_manager",
         kinds={"scikitlearn"},
+        check_specs=[
+            _partition_check(
+                POSITIVE_SKILL_CHECK, "model_version",
+                "The model beats persistence (skill > 0) on its test window; a model that does "
+                "not is stored and judged, but is not worth serving (warning).",
+                partitions_def,
+            ),
+        ],
         description=(
             "A model fitted on the earlier 80 % of the feature frame and scored on the later "
             "20 % against persistence; stored as a new immutable version."
@@ -182,7 +210,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     )
     def model_version(context: dg.AssetExecutionContext, feature_frame: Any,
                       store: StoreResource, models: ModelStoreResource,
-                      policy: RetrainPolicy) -> dg.Output:
+                      policy: RetrainPolicy) -> Iterator[Any]:
         with _recorded_attempt(context, settings, store):
             device_id, period_key = partition_parts(context)
             days = _days_used(context, policy)
@@ -221,14 +249,28 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 name: int(value) for name, value in metrics.items()
                 if isinstance(value, int) and not isinstance(value, bool)
             }
-            return dg.Output(
+            yield dg.Output(
                 ModelCandidate(device_id=device_id, version=version, model=model, meta=meta),
                 metadata={
                     **float_metadata,
                     **int_metadata,
                     "model_type": policy.model_type,
+                    "feature_set": policy.feature_set,
+                    "period": period_key,
                     "feature_importance": _importance_table(model),
                 },
+            )
+            skill = metrics.get("skill")
+            yield dg.AssetCheckResult(
+                check_name=POSITIVE_SKILL_CHECK,
+                passed=bool(skill is not None and math.isfinite(skill) and skill > 0),
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"skill": float(skill) if skill is not None and math.isfinite(skill) else 0.0,
+                          "mae": float(metrics["mae"]),
+                          "persistence_mae": float(metrics["persistence_mae"])},
+                description=None if skill and skill > 0 else (
+                    f"skill {skill} against persistence: the forecast does not beat "
+                    "'power stays what it is now' on this window"),
             )
 
     @dg.asset(
@@ -247,6 +289,24 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             return _decide_and_record(context, model_version, feature_frame, store, models, policy)
 
     return [raw_readings, feature_frame, model_version, promotion_decision]
+
+
+def _freshness_result(last_reading: datetime | None, cutoff: datetime,
+                      period: Any) -> dg.AssetCheckResult:
+    allowed = period.end - period.start
+    age = None if last_reading is None else cutoff - last_reading
+    fresh = age is not None and age <= allowed
+    return dg.AssetCheckResult(
+        check_name=FRESH_READINGS_CHECK,
+        passed=fresh,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"latest_reading": last_reading.isoformat() if last_reading else "none",
+                  "age_hours": round(age.total_seconds() / 3600, 3) if age is not None else -1.0,
+                  "allowed_hours": allowed.total_seconds() / 3600},
+        description=None if fresh else (
+            "no readings in the window" if last_reading is None
+            else f"latest reading {last_reading.isoformat()} is older than one period before the cutoff"),
+    )
 
 
 def _importance_table(model: Any) -> dg.MetadataValue:

@@ -98,3 +98,34 @@ def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, de
     assert record["window_end"].isoformat().startswith("2026-03-10T13:00")
     # simulate_into writes a day beyond the cutoff; rows_used counts only the 7-day window
     assert record["rows_used"] <= 7 * 24 * 60
+
+
+def _check_evaluations(run_id):
+    with dg.DagsterInstance.get() as instance:
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        return {r.event_log_entry.dagster_event.event_specific_data.check_name:
+                r.event_log_entry.dagster_event.event_specific_data for r in records}
+
+
+def test_checks_are_recorded_per_partition(settings, store, device_with_data):
+    run_id = _retrain(settings, device_with_data)
+    checks = _check_evaluations(run_id)
+    assert set(checks) == {"enough_rows", "fresh_readings", "positive_skill"}
+    for evaluation in checks.values():
+        assert evaluation.partition == f"tracker01|{PERIOD}"
+    assert checks["enough_rows"].passed and checks["fresh_readings"].passed
+
+
+def test_stale_readings_train_but_fail_the_freshness_warning(settings, store):
+    from datetime import timedelta
+
+    from solar_ml_pipeline_tests.conftest import PERIOD_START
+
+    # readings stop two days before the cutoff (simulate_into adds a day after `end`)
+    simulate_into(store, "stale01", end=PERIOD_START - timedelta(days=3), days=5)
+    run_id = _retrain(settings, "stale01")
+    assert store.get_run(run_id)["status"] == "success"
+    checks = _check_evaluations(run_id)
+    assert checks["fresh_readings"].passed is False
+    assert checks["fresh_readings"].severity == dg.AssetCheckSeverity.WARN
