@@ -21,6 +21,16 @@ Rules, all by timestamp, never by row offset:
 No feature uses a reading after its own timestamp. Which optional sensors exist is decided
 per window: a sensor with no value in the window is left out, with every feature derived
 from it, and `FeatureFrame.features` lists what remains.
+
+Feature set `solar` (needs the site): solar geometry now and at `t + horizon`, the clear-sky
+index (power / clear-sky power) with its mean and variability over the last hour, power
+15/30/45/60 minutes ago matched by time, and smart persistence (the index stays, the sky
+geometry moves on). No calendar features: a 7-day window cannot teach what a Tuesday is,
+while the sun's position says everything time of day and season do.
+
+Whenever a site is given, every frame also carries two reference columns that are not
+features, for honest scoring (see training.py): `daylight` (sun above 5 degrees at
+`t + horizon`) and `smart_persistence`.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
+from solar_ml_pipeline import solar
 from solar_ml_pipeline.readings import OPTIONAL_SENSORS, clean_readings, sensors_present
 
 TARGET = "target_power"
@@ -52,13 +63,28 @@ ORIGINAL_SOURCES = {
 }
 
 
+POWER_LAGS_MINUTES = (15, 30, 45, 60)
+INDEX_WINDOW = pd.Timedelta(minutes=60)
+SOLAR_FEATURES = (
+    "power", "solar_elevation", "solar_elevation_ahead", "clear_sky_power",
+    "clear_sky_power_ahead", "clear_sky_index", "clear_sky_index_mean_1h",
+    "clear_sky_index_std_1h", *(f"power_lag_{minutes}" for minutes in POWER_LAGS_MINUTES),
+    "smart_persistence",
+)
+# Columns added beside the features when a site is known; never model inputs.
+DAYLIGHT = "daylight"
+SMART_PERSISTENCE = "smart_persistence"
+FEATURE_SETS_NEEDING_SITE = ("solar",)
+
+
 @dataclass(frozen=True)
 class FeatureOptions:
-    """What a feature-set builder may depend on besides the readings (a solar set will also
-    need the site)."""
+    """What a feature-set builder may depend on besides the readings. `site`: any object
+    with latitude, longitude, altitude and capacity_w (e.g. simulator.Site)."""
 
     horizon_minutes: int
     timezone: str
+    site: solar.SiteLike | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,7 @@ class FeatureFrame:
     timezone: str
     feature_set: str
     with_target: bool
+    site: solar.SiteLike | None = None
 
 
 # A builder gets cleaned, sorted readings and returns feature columns on the same index plus
@@ -146,8 +173,82 @@ def _original_features(readings: pd.DataFrame,
     return frame, usable
 
 
+@dataclass(frozen=True)
+class _SunAt:
+    """Solar geometry of every reading, now and at the forecast instant."""
+
+    elevation: np.ndarray
+    elevation_ahead: np.ndarray
+    clear_sky: np.ndarray
+    clear_sky_ahead: np.ndarray
+
+
+def _sun_at(timestamps: pd.Series, horizon_minutes: int, site: solar.SiteLike) -> _SunAt:
+    now = pd.DatetimeIndex(timestamps.array)
+    ahead = now + pd.Timedelta(minutes=horizon_minutes)
+    position_now = solar.solar_position(now, site)
+    position_ahead = solar.solar_position(ahead, site)
+    return _SunAt(
+        elevation=position_now["elevation"].to_numpy(),
+        elevation_ahead=position_ahead["elevation"].to_numpy(),
+        clear_sky=solar.clear_sky_power(now, site, position=position_now),
+        clear_sky_ahead=solar.clear_sky_power(ahead, site, position=position_ahead),
+    )
+
+
+def _value_minutes_ago(timestamps: pd.Series, values: np.ndarray, minutes: int) -> np.ndarray:
+    """The value of the reading nearest to `t - minutes`, within the target's tolerance rule."""
+    lag = pd.Timedelta(minutes=minutes)
+    wanted = pd.DataFrame({"at": timestamps - lag})
+    observed = pd.DataFrame({"at": timestamps, "value": values})
+    matched = pd.merge_asof(wanted, observed, on="at", direction="nearest",
+                            tolerance=pd.Timedelta(default_tolerance(minutes)))
+    return matched["value"].to_numpy(dtype="float64")
+
+
+def _solar_features(readings: pd.DataFrame,
+                    options: FeatureOptions) -> tuple[pd.DataFrame, list[str]]:
+    site = options.site
+    if site is None:
+        raise ValueError("feature set 'solar' needs the device's site: pass site=...")
+    timestamps = readings["timestamp"]
+    sun = _sun_at(timestamps, options.horizon_minutes, site)
+    power = readings["power"].to_numpy(dtype="float64")
+    index = solar.clear_sky_index(power, sun.clear_sky, sun.elevation, site.capacity_w)
+    # Trailing hour by time: (t - 60 min, t], the reading at t included, NaN skipped.
+    recent = pd.Series(index, index=pd.DatetimeIndex(timestamps.array)).rolling(
+        INDEX_WINDOW, min_periods=1)
+    columns: dict[str, np.ndarray] = {
+        "power": power,
+        "solar_elevation": sun.elevation,
+        "solar_elevation_ahead": sun.elevation_ahead,
+        "clear_sky_power": sun.clear_sky,
+        "clear_sky_power_ahead": sun.clear_sky_ahead,
+        "clear_sky_index": index,
+        "clear_sky_index_mean_1h": recent.mean().to_numpy(),
+        "clear_sky_index_std_1h": recent.std(ddof=0).to_numpy(),
+    }
+    for minutes in POWER_LAGS_MINUTES:
+        columns[f"power_lag_{minutes}"] = _value_minutes_ago(timestamps, power, minutes)
+    columns["smart_persistence"] = solar.smart_persistence(
+        power, sun.clear_sky, sun.clear_sky_ahead, sun.elevation, site.capacity_w)
+    return pd.DataFrame(columns, index=readings.index), list(SOLAR_FEATURES)
+
+
+def _reference_columns(readings: pd.DataFrame, horizon_minutes: int,
+                       site: solar.SiteLike) -> pd.DataFrame:
+    sun = _sun_at(readings["timestamp"], horizon_minutes, site)
+    power = readings["power"].to_numpy(dtype="float64")
+    return pd.DataFrame({
+        DAYLIGHT: solar.is_daylight(sun.elevation_ahead),
+        SMART_PERSISTENCE: solar.smart_persistence(
+            power, sun.clear_sky, sun.clear_sky_ahead, sun.elevation, site.capacity_w),
+    }, index=readings.index)
+
+
 FEATURE_BUILDERS: dict[str, FeatureBuilder] = {
     "original": _original_features,
+    "solar": _solar_features,
 }
 
 
@@ -168,11 +269,13 @@ def _target(readings: pd.DataFrame, horizon: timedelta, tolerance: timedelta) ->
 
 def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezone: str,
                         feature_set: str = "original", with_target: bool = True,
-                        tolerance: timedelta | None = None) -> FeatureFrame:
+                        tolerance: timedelta | None = None,
+                        site: solar.SiteLike | None = None) -> FeatureFrame:
     """Features (and the target) of every reading in the window, sorted by time.
 
     The readings are cleaned first (idempotent), so raw, shuffled or duplicated input gives
-    the same frame as its cleaned form.
+    the same frame as its cleaned form. `site` is required by the `solar` feature set; with
+    any set it adds the `daylight` and `smart_persistence` reference columns.
     """
     builder = FEATURE_BUILDERS.get(feature_set)
     if builder is None:
@@ -180,10 +283,19 @@ def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezon
                          f"{', '.join(FEATURE_BUILDERS)}")
     if horizon_minutes < 1:
         raise ValueError(f"horizon_minutes={horizon_minutes!r} is invalid: expected at least 1")
+    if site is None and feature_set in FEATURE_SETS_NEEDING_SITE:
+        raise ValueError(f"feature set {feature_set!r} needs the device's site (latitude, "
+                         f"longitude, altitude, capacity_w): pass site=...")
     clean, _ = clean_readings(readings)
-    options = FeatureOptions(horizon_minutes=horizon_minutes, timezone=timezone)
+    options = FeatureOptions(horizon_minutes=horizon_minutes, timezone=timezone, site=site)
     built, usable = builder(clean, options)
-    frame = pd.concat([clean[["timestamp"]], built], axis=1)
+    parts = [clean[["timestamp"]], built]
+    if site is not None and "solar_elevation_ahead" in built.columns:
+        parts.append(pd.DataFrame({DAYLIGHT: solar.is_daylight(built["solar_elevation_ahead"])},
+                                  index=built.index))
+    elif site is not None:
+        parts.append(_reference_columns(clean, horizon_minutes, site))
+    frame = pd.concat(parts, axis=1)
     if "power" not in frame.columns:
         frame["power"] = clean["power"]  # persistence needs power now, feature or not
     if with_target:
@@ -196,4 +308,5 @@ def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezon
         frame[TARGET] = _target(clean, horizon, tolerance)
         frame = frame[frame[TARGET].notna()].reset_index(drop=True)
     return FeatureFrame(frame=frame, features=usable, horizon_minutes=horizon_minutes,
-                        timezone=timezone, feature_set=feature_set, with_target=with_target)
+                        timezone=timezone, feature_set=feature_set, with_target=with_target,
+                        site=site)

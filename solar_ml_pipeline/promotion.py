@@ -8,7 +8,8 @@ Rules, first match wins:
 2. champion trained on a later cutoff (this is a backfill): not promoted; an equal cutoff
    (a re-run of the same period) may promote;
 3. persistence gate, only with `require_beat_persistence`: the challenger must have a lower
-   MAE than persistence on its test window (the caller chooses which window, e.g. daylight);
+   MAE than persistence on its test window (the caller chooses which window, e.g. daylight;
+   `gate_mae` is then the challenger's MAE on the same rows, `mae` when not given);
 4. no champion: promoted;
 5. champion MAE unknown (it could not be scored on this window): promoted;
 6. challenger MAE lower: promoted;
@@ -19,19 +20,24 @@ Rules, first match wins:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Contender:
     """A model in the decision: its MAE on the challenger's test window and its data cutoff
-    (tz-aware). `persistence_mae`: persistence on the same window, for the persistence gate."""
+    (tz-aware). `persistence_mae`: persistence on the gate's rows of that window, and
+    `gate_mae` the model's MAE on the same rows (e.g. both daylight-only, see
+    `daylight_gate_contender`); without `gate_mae` the gate compares `mae`."""
 
     version: str
     mae: float
     cutoff: datetime
     persistence_mae: float | None = None
+    gate_mae: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,10 @@ def decide_promotion(challenger: Contender, champion: Contender | None, threshol
         if persistence is None or not math.isfinite(persistence):
             return Decision(False, f"Not promoted: persistence MAE unknown, so the challenger "
                                    f"cannot be shown to beat it ({new})", "persistence_unknown")
-        if challenger.mae >= persistence:
-            return Decision(False, f"Not promoted: {new} does not beat persistence MAE "
+        gate_mae = challenger.mae if challenger.gate_mae is None else challenger.gate_mae
+        if not (_known(gate_mae) and gate_mae < persistence):
+            where = "" if challenger.gate_mae is None else f" (gate rows: MAE {_mae(gate_mae)})"
+            return Decision(False, f"Not promoted: {new}{where} does not beat persistence MAE "
                                    f"{_mae(persistence)} on the same test window",
                             "loses_to_persistence")
     if champion is None:
@@ -89,3 +97,19 @@ def decide_promotion(challenger: Contender, champion: Contender | None, threshol
                               f"limit {_mae(limit)} ({old})", "within_threshold")
     return Decision(False, f"Not promoted: worse by more than {threshold_percent:g}%, {new} > "
                            f"limit {_mae(limit)} ({old})", "worse")
+
+
+def daylight_gate_contender(version: str, metrics: Mapping[str, Any],
+                            cutoff: datetime) -> Contender:
+    """The challenger as the persistence gate should see it: daylight MAE against daylight
+    persistence MAE (Evaluation.as_metrics names), the all-hours MAE for the champion
+    comparison. Metrics without daylight scores (a frame built without a site) leave the
+    gate's persistence unknown, so a gated decision refuses rather than guesses."""
+
+    def number(name: str) -> float | None:
+        value = metrics.get(name)
+        return float(value) if value is not None else None
+
+    return Contender(version=version, mae=float(metrics["mae"]), cutoff=cutoff,
+                     persistence_mae=number("daylight_persistence_mae"),
+                     gate_mae=number("daylight_mae"))

@@ -32,7 +32,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from solar_ml_pipeline.config import MODEL_TYPES
-from solar_ml_pipeline.features import TARGET, FeatureFrame
+from solar_ml_pipeline.features import DAYLIGHT, SMART_PERSISTENCE, TARGET, FeatureFrame
+from solar_ml_pipeline.storage.base import SITE_FIELDS
 
 TRAIN_FRACTION = 0.8
 MIN_ROWS_TO_SPLIT = 10
@@ -98,6 +99,9 @@ class ForecastModel:
     feature_set: str
     trained_at: datetime
     timezone: str | None = None
+    # The site the features were computed for (SITE_FIELDS); serving must build the frame
+    # for the same site. None for models trained without one.
+    site: dict[str, Any] | None = None
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Forecast power `horizon_minutes` after each row of a frame from build_feature_frame."""
@@ -133,9 +137,25 @@ class Evaluation:
     train_samples: int
     test_samples: int
     rows_used: int
+    # Beyond the original metrics; None when unknown. Smart persistence and daylight need
+    # the frame's reference columns (a frame built with a site), see features.py.
+    rmse_skill: float | None = None
+    smart_persistence_mae: float | None = None
+    smart_persistence_rmse: float | None = None
+    skill_smart: float | None = None
+    rmse_skill_smart: float | None = None
+    daylight_samples: int | None = None
+    daylight_mae: float | None = None
+    daylight_rmse: float | None = None
+    daylight_persistence_mae: float | None = None
+    daylight_persistence_rmse: float | None = None
+    daylight_skill: float | None = None
+    daylight_rmse_skill: float | None = None
+    daylight_smart_persistence_mae: float | None = None
+    daylight_skill_smart: float | None = None
 
     def as_metrics(self) -> dict[str, float | int]:
-        return {
+        metrics: dict[str, float | int] = {
             "mae": float(self.mae),
             "rmse": float(self.rmse),
             "r2": float(self.r2),
@@ -146,6 +166,26 @@ class Evaluation:
             "test_samples": int(self.test_samples),
             "rows_used": int(self.rows_used),
         }
+        for name in _OPTIONAL_METRICS:
+            value = getattr(self, name)
+            if value is not None:
+                metrics[name] = int(value) if name == "daylight_samples" else float(value)
+        return metrics
+
+
+_OPTIONAL_METRICS = (
+    "rmse_skill", "smart_persistence_mae", "smart_persistence_rmse", "skill_smart",
+    "rmse_skill_smart", "daylight_samples", "daylight_mae", "daylight_rmse",
+    "daylight_persistence_mae", "daylight_persistence_rmse", "daylight_skill",
+    "daylight_rmse_skill", "daylight_smart_persistence_mae", "daylight_skill_smart",
+)
+
+
+def site_record(site: Any) -> dict[str, Any] | None:
+    """The site's SITE_FIELDS as plain values (kept in the pickle and the meta file)."""
+    if site is None:
+        return None
+    return {name: getattr(site, name, None) for name in SITE_FIELDS}
 
 
 def skill_score(mae: float, persistence_mae: float) -> float:
@@ -219,13 +259,16 @@ def train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon_
             f"window (RETRAIN_DAYS) or check the device's readings"
         )
     train, test = split_time_ordered(frame)
-    features = list(feature_frame.features)
+    # A feature with no value in the training rows carries nothing, and an all-NaN column
+    # makes HistGradientBoosting fail (e.g. 15-minute lags of a 20-minute cadence).
+    features = [name for name in feature_frame.features if train[name].notna().any()]
     estimator = make_estimator(model_type, n_jobs=n_jobs, params=estimator_params)
     estimator.fit(train[features].astype("float64"), _target_values(train))
     model = ForecastModel(
         estimator=estimator, features=features, horizon_minutes=horizon_minutes,
         model_type=model_type, feature_set=feature_set,
         trained_at=trained_at or datetime.now(UTC), timezone=feature_frame.timezone,
+        site=site_record(feature_frame.site),
     )
     actual = _target_values(test)
     predicted = model.predict(test)
@@ -242,5 +285,61 @@ def train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon_
         train_samples=len(train),
         test_samples=len(test),
         rows_used=len(frame),
+        **baseline_metrics(test, predicted),
     )
     return model, evaluation
+
+
+def _mae_rmse(actual: np.ndarray, forecast: np.ndarray) -> tuple[float, float]:
+    if len(actual) == 0:
+        return math.nan, math.nan
+    error = forecast - actual
+    return float(np.mean(np.abs(error))), float(np.sqrt(np.mean(error * error)))
+
+
+def baseline_metrics(test: pd.DataFrame, predicted: np.ndarray) -> dict[str, float | int]:
+    """The Evaluation fields beyond the original ones, for forecasts `predicted` of `test`.
+
+    Only for a frame built with a site (it has the reference columns): RMSE skill, smart
+    persistence and daylight-only scores (rows whose forecast instant has the sun above 5
+    degrees; at night every forecast is right and would flatter the averages). A frame
+    without a site keeps the original metrics alone. Skills follow skill_score (NaN when the
+    baseline is perfect and the model is not).
+    """
+    if SMART_PERSISTENCE not in test.columns and DAYLIGHT not in test.columns:
+        return {}
+    actual = _target_values(test)
+    predicted = np.asarray(predicted, dtype="float64")
+    persistence = test["power"].to_numpy(dtype="float64")
+    model_mae, model_rmse = _mae_rmse(actual, predicted)
+    persistence_mae, persistence_rmse = _mae_rmse(actual, persistence)
+    metrics: dict[str, float | int] = {"rmse_skill": skill_score(model_rmse, persistence_rmse)}
+    if SMART_PERSISTENCE in test.columns:
+        smart = test[SMART_PERSISTENCE].to_numpy(dtype="float64")
+        smart_mae, smart_rmse = _mae_rmse(actual, smart)
+        metrics.update(
+            smart_persistence_mae=smart_mae,
+            smart_persistence_rmse=smart_rmse,
+            skill_smart=skill_score(model_mae, smart_mae),
+            rmse_skill_smart=skill_score(model_rmse, smart_rmse),
+        )
+    if DAYLIGHT in test.columns:
+        day = test[DAYLIGHT].to_numpy(dtype=bool)
+        day_mae, day_rmse = _mae_rmse(actual[day], predicted[day])
+        day_persistence_mae, day_persistence_rmse = _mae_rmse(actual[day], persistence[day])
+        metrics.update(
+            daylight_samples=int(day.sum()),
+            daylight_mae=day_mae,
+            daylight_rmse=day_rmse,
+            daylight_persistence_mae=day_persistence_mae,
+            daylight_persistence_rmse=day_persistence_rmse,
+            daylight_skill=skill_score(day_mae, day_persistence_mae),
+            daylight_rmse_skill=skill_score(day_rmse, day_persistence_rmse),
+        )
+        if SMART_PERSISTENCE in test.columns:
+            day_smart_mae, _ = _mae_rmse(actual[day], test[SMART_PERSISTENCE].to_numpy()[day])
+            metrics.update(
+                daylight_smart_persistence_mae=day_smart_mae,
+                daylight_skill_smart=skill_score(day_mae, day_smart_mae),
+            )
+    return metrics

@@ -239,3 +239,112 @@ def test_a_month_of_one_minute_readings_builds_in_well_under_a_second():
     elapsed = time.perf_counter() - started
     assert len(built.frame) == 30 * 24 * 60 - 12  # the last 12 have no reading near t + 15
     assert elapsed < 1.0
+
+
+# -- feature set `solar` and the reference columns (issue 8) ---------------------------------
+
+from dataclasses import dataclass  # noqa: E402
+
+from solar_ml_pipeline import solar  # noqa: E402
+from solar_ml_pipeline.features import (  # noqa: E402
+    DAYLIGHT,
+    POWER_LAGS_MINUTES,
+    SMART_PERSISTENCE,
+    SOLAR_FEATURES,
+)
+
+
+@dataclass(frozen=True)
+class _Site:
+    latitude: float = 6.9271
+    longitude: float = 79.8612
+    altitude: float = 5.0
+    capacity_w: float = 300.0
+    timezone: str = COLOMBO
+
+
+SITE = _Site()
+
+
+def clear_day_readings(minutes, share: float = 0.7) -> pd.DataFrame:
+    """Power only: `share` of the site's clear-sky power at the given minutes from T0."""
+    stamps = T0 + pd.to_timedelta(np.asarray(minutes, dtype="float64"), unit="min")
+    return pd.DataFrame({"timestamp": stamps,
+                         "power": share * solar.clear_sky_power(stamps, SITE)})
+
+
+def test_solar_feature_set_has_geometry_index_lags_and_no_calendar():
+    built = _build(clear_day_readings(range(0, 1440, 5)), feature_set="solar", site=SITE)
+    assert built.features == list(SOLAR_FEATURES)
+    assert not {"hour", "minute", "day_of_week"} & set(built.features)
+    assert built.site == SITE
+
+
+def test_solar_feature_set_without_a_site_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="pass site="):
+        _build(clear_day_readings(range(0, 60, 5)), feature_set="solar")
+
+
+def test_geometry_features_are_at_the_reading_and_at_the_forecast_instant():
+    readings = clear_day_readings(range(0, 1440, 5))
+    frame = _build(readings, feature_set="solar", site=SITE, with_target=False).frame
+    stamps = pd.DatetimeIndex(frame["timestamp"])
+    ahead = stamps + pd.Timedelta(minutes=15)
+    np.testing.assert_allclose(frame["solar_elevation"], solar.solar_elevation(stamps, SITE))
+    np.testing.assert_allclose(frame["solar_elevation_ahead"], solar.solar_elevation(ahead, SITE))
+    np.testing.assert_allclose(frame["clear_sky_power_ahead"], solar.clear_sky_power(ahead, SITE))
+
+
+def test_on_a_clear_day_the_index_is_constant_and_smart_persistence_is_the_target():
+    frame = _build(clear_day_readings(range(0, 1440, 5), share=0.7), feature_set="solar",
+                   site=SITE).frame
+    bright = frame["solar_elevation"] > 10
+    np.testing.assert_allclose(frame.loc[bright, "clear_sky_index"], 0.7)
+    np.testing.assert_allclose(frame.loc[bright, "clear_sky_index_mean_1h"], 0.7)
+    np.testing.assert_allclose(frame.loc[bright, "clear_sky_index_std_1h"], 0.0, atol=1e-9)
+    np.testing.assert_allclose(frame.loc[bright, SMART_PERSISTENCE], frame.loc[bright, TARGET])
+
+
+def test_power_lags_are_matched_by_time_not_by_row():
+    minutes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 30, 45, 60, 75, 90]  # dense, then sparse
+    readings = synthetic_readings(minutes)
+    frame = _by_timestamp(_build(readings, feature_set="solar", site=SITE,
+                                 with_target=False).frame)
+    power = _by_timestamp(readings)["power"]
+    at = T0 + pd.Timedelta(minutes=90)
+    for lag in POWER_LAGS_MINUTES:
+        assert frame.loc[at, f"power_lag_{lag}"] == power[at - pd.Timedelta(minutes=lag)]
+    # 30 min after T0 there is no reading 15 min earlier (a gap): no made-up lag.
+    assert np.isnan(frame.loc[T0 + pd.Timedelta(minutes=30), "power_lag_15"])
+
+
+def test_solar_features_use_no_reading_after_their_timestamp():
+    readings = synthetic_readings(np.arange(0, 600, 1.0))
+    full = _by_timestamp(_build(readings, feature_set="solar", site=SITE,
+                                with_target=False).frame)
+    cut = T0 + pd.Timedelta(minutes=400)
+    early = _by_timestamp(_build(readings[readings["timestamp"] <= cut], feature_set="solar",
+                                 site=SITE, with_target=False).frame)
+    pd.testing.assert_frame_equal(full.loc[:cut, list(SOLAR_FEATURES)],
+                                  early[list(SOLAR_FEATURES)])
+
+
+def test_any_feature_set_with_a_site_carries_daylight_and_smart_persistence_but_not_as_features():
+    built = _build(synthetic_readings(range(0, 1440, 5)), feature_set="original", site=SITE)
+    assert {DAYLIGHT, SMART_PERSISTENCE} <= set(built.frame.columns)
+    assert built.features == list(ORIGINAL_FEATURES)
+    ahead = pd.DatetimeIndex(built.frame["timestamp"]) + pd.Timedelta(minutes=15)
+    expected = solar.solar_elevation(ahead, SITE) > 5
+    assert built.frame[DAYLIGHT].tolist() == expected.tolist()
+
+
+def test_without_a_site_the_original_frame_is_unchanged():
+    readings = synthetic_readings(range(0, 300, 2))
+    assert DAYLIGHT not in _build(readings).frame.columns
+
+
+def test_a_month_of_one_minute_readings_builds_solar_features_in_a_few_seconds():
+    readings = synthetic_readings(np.arange(0, 43_200, 1.0))
+    began = time.perf_counter()
+    _build(readings, feature_set="solar", site=SITE)
+    assert time.perf_counter() - began < 5.0  # about 1 s on an idle core

@@ -111,3 +111,37 @@ def test_backfill_reason_names_both_cutoffs():
 def test_an_invalid_threshold_is_refused(threshold):
     with pytest.raises(ValueError, match="threshold_percent"):
         decide_promotion(challenger(0.1), champion(0.2), threshold)
+
+
+# -- the daylight persistence gate (issue 8) -------------------------------------------------
+
+from solar_ml_pipeline.promotion import daylight_gate_contender  # noqa: E402
+
+
+def test_the_gate_compares_daylight_mae_when_given_not_the_all_hours_mae():
+    # All-hours MAE looks fine (nights are easy); daylight MAE loses to persistence.
+    gated = Contender(version="v", mae=0.10, cutoff=CUTOFF, persistence_mae=0.30, gate_mae=0.31)
+    decision = decide_promotion(gated, None, 10.0, require_beat_persistence=True)
+    assert (decision.promoted, decision.rule) == (False, "loses_to_persistence")
+    assert "gate rows: MAE 0.31" in decision.reason
+
+
+def test_a_daylight_gate_contender_takes_the_daylight_metrics():
+    metrics = {"mae": 0.2, "daylight_mae": 0.4, "daylight_persistence_mae": 0.5}
+    contender = daylight_gate_contender("v", metrics, CUTOFF)
+    assert (contender.mae, contender.gate_mae, contender.persistence_mae) == (0.2, 0.4, 0.5)
+    assert decide_promotion(contender, champion(0.3), 10.0,
+                            require_beat_persistence=True).rule == "better"
+
+
+def test_without_daylight_metrics_the_gate_refuses_rather_than_guesses():
+    contender = daylight_gate_contender("v", {"mae": 0.2}, CUTOFF)
+    decision = decide_promotion(contender, None, 10.0, require_beat_persistence=True)
+    assert (decision.promoted, decision.rule) == (False, "persistence_unknown")
+
+
+def test_an_unscored_daylight_mae_never_passes_the_gate():
+    contender = Contender(version="v", mae=0.2, cutoff=CUTOFF, persistence_mae=0.5,
+                          gate_mae=NAN)
+    decision = decide_promotion(contender, None, 10.0, require_beat_persistence=True)
+    assert (decision.promoted, decision.rule) == (False, "loses_to_persistence")

@@ -197,3 +197,80 @@ def test_model_records_its_settings_and_training_time():
     assert model.trained_at == trained_at
     assert model.features == built.features
 
+
+
+# -- baselines and daylight metrics (issue 8) ------------------------------------------------
+
+from solar_ml_pipeline.training import baseline_metrics  # noqa: E402
+from solar_ml_pipeline_tests.test_features import SITE, clear_day_readings  # noqa: E402
+
+EXTENDED_METRICS = {
+    "rmse_skill", "smart_persistence_mae", "smart_persistence_rmse", "skill_smart",
+    "rmse_skill_smart", "daylight_samples", "daylight_mae", "daylight_rmse",
+    "daylight_persistence_mae", "daylight_persistence_rmse", "daylight_skill",
+    "daylight_rmse_skill", "daylight_smart_persistence_mae", "daylight_skill_smart",
+}
+
+
+def _site_frame(feature_set="original"):
+    readings = clear_day_readings(np.arange(0, 3 * 1440, 5.0), share=0.6)
+    return build_feature_frame(readings, horizon_minutes=15, timezone="Asia/Colombo",
+                               feature_set=feature_set, site=SITE)
+
+
+def test_with_a_site_metrics_add_smart_persistence_and_daylight_scores_as_floats():
+    built = _site_frame()
+    model, evaluation = _train(built)
+    metrics = evaluation.as_metrics()
+    assert EXTENDED_METRICS <= set(metrics)
+    assert all(type(metrics[name]) is float for name in EXTENDED_METRICS - {"daylight_samples"})
+    _, test = split_time_ordered(built.frame)
+    day = test["daylight"].to_numpy(dtype=bool)
+    assert metrics["daylight_samples"] == int(day.sum()) > 0
+    error = (test[TARGET] - test["power"]).abs().to_numpy()
+    assert metrics["daylight_persistence_mae"] == pytest.approx(error[day].mean())
+    smart_error = (test[TARGET] - test["smart_persistence"]).abs().mean()
+    assert metrics["smart_persistence_mae"] == pytest.approx(smart_error)
+    assert metrics["daylight_skill"] == pytest.approx(
+        1 - metrics["daylight_mae"] / metrics["daylight_persistence_mae"])
+    assert metrics["rmse_skill"] == pytest.approx(
+        1 - metrics["rmse"] / metrics["persistence_rmse"])
+
+
+def test_night_rows_dilute_all_hours_persistence_error_but_not_the_daylight_one():
+    _, evaluation = _train(_site_frame())
+    assert evaluation.daylight_persistence_mae > evaluation.persistence_mae
+
+
+def test_smart_persistence_is_near_perfect_on_clear_days():
+    _, evaluation = _train(_site_frame())
+    assert evaluation.daylight_smart_persistence_mae < 0.05 * evaluation.daylight_persistence_mae
+
+
+def test_baseline_metrics_of_a_frame_without_a_site_are_empty():
+    _, test = split_time_ordered(_feature_frame().frame)
+    assert baseline_metrics(test, test["power"].to_numpy()) == {}
+
+
+def test_a_solar_model_records_its_site_and_predicts_after_unpickling():
+    built = _site_frame("solar")
+    model, evaluation = train_and_evaluate(built, model_type="hist_gradient_boosting",
+                                           horizon_minutes=15, feature_set="solar",
+                                           estimator_params=FAST["hist_gradient_boosting"])
+    assert model.site == {"latitude": SITE.latitude, "longitude": SITE.longitude,
+                          "altitude": SITE.altitude, "capacity_w": SITE.capacity_w,
+                          "timezone": SITE.timezone}
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(restored.predict(built.frame), model.predict(built.frame))
+    assert math.isfinite(evaluation.daylight_skill)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_a_feature_without_any_value_in_the_training_rows_is_left_out(model_type):
+    built = _site_frame("solar")
+    built.frame["power_lag_15"] = np.nan  # e.g. a cadence the 15-minute lag cannot match
+    model, _ = train_and_evaluate(built, model_type=model_type, horizon_minutes=15,
+                                  feature_set="solar", n_jobs=1,
+                                  estimator_params=FAST[model_type])
+    assert "power_lag_15" not in model.features
+    assert len(model.features) == len(built.features) - 1
