@@ -33,4 +33,4 @@ def open_store(settings: Settings) -> Store:
         return MongoStore.from_settings(settings)
     from solar_ml_pipeline.storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path)
+    return SqliteStore.from_settings(settings)
