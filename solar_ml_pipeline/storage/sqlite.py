@@ -114,18 +114,21 @@ class SqliteStore:
 
     @contextmanager
     def _session(self) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():
-            # A forked child must not touch the parent's connection (or a lock another
-            # parent thread held at fork time): start afresh.
-            if self._conn is not None:
-                _INHERITED_CONNECTIONS.append(self._conn)
-            self._lock = threading.RLock()
-            self._conn = None
-            self._pid = os.getpid()
+        self._forget_parent_connection()
         with self._lock:
             if self._conn is None:
                 self._conn = self._open()
             yield self._conn
+
+    def _forget_parent_connection(self) -> None:
+        """In a forked child, leave the parent's connection (and lock) alone and start afresh."""
+        if self._pid == os.getpid():
+            return
+        if self._conn is not None:
+            _INHERITED_CONNECTIONS.append(self._conn)
+        self._lock = threading.RLock()
+        self._conn = None
+        self._pid = os.getpid()
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -199,8 +202,9 @@ class SqliteStore:
                 raise self._unavailable(exc) from exc
 
     def close(self) -> None:
+        self._forget_parent_connection()
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
+            if self._conn is not None:
                 self._conn.close()
             self._conn = None
 

@@ -176,6 +176,7 @@ def _write_in_child(store: SqliteStore, parent_connection_id: int) -> None:
     store.upsert_run({"run_id": "from-child"})
     if id(store._conn) == parent_connection_id:
         raise SystemExit(3)
+    store.close()
 
 
 def test_a_forked_child_opens_its_own_connection(db_path):
