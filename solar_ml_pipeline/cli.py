@@ -7,60 +7,66 @@ the work itself failed (e.g. a retrain attempt, an unreachable store).
 from __future__ import annotations
 
 import argparse
-import json
+import ipaddress
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from solar_ml_pipeline.config import ConfigError, InvalidDeviceId, Settings, load_settings
+from solar_ml_pipeline.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandFailed,
+    Parser,
+    UsageError,
+    add_json_flag,
+    emit,
+    number,
+    port_number,
+    positive_int,
+)
+from solar_ml_pipeline.config import (
+    ConfigError,
+    InvalidDeviceId,
+    Settings,
+    load_settings,
+    validate_device_id,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["CommandFailed", "UsageError", "build_parser", "emit", "main"]
 
 
-class CommandFailed(Exception):
-    """The command ran but its work failed; the message is the one line to print."""
+# An exception can only come from a module already imported, so error classes are looked up
+# in sys.modules: mapping an error to its exit code never pays for importing Dagster.
+USER_ERRORS = (
+    ("solar_ml_pipeline.partitions", "InvalidPeriod"),
+    ("solar_ml_pipeline.operations", "InvalidRequest"),
+    ("solar_ml_pipeline.registry", "InvalidVersion"),
+    ("solar_ml_pipeline.importer", "ImportFileError"),
+)
+FAILURE_ERRORS = (
+    ("solar_ml_pipeline.storage.base", "StoreUnavailable"),
+    ("solar_ml_pipeline.registry", "ModelStoreError"),
+    ("solar_ml_pipeline.operations", "UnknownRun"),
+    ("solar_ml_pipeline.operations", "RetrainFailed"),
+    ("solar_ml_pipeline.prediction", "PredictionUnavailable"),
+)
 
 
-class UsageError(Exception):
-    """The user's input is wrong; the message names the problem and the fix."""
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in names)
+    return tuple(error for error in found if isinstance(error, type))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from solar_ml_pipeline.partitions import InvalidPeriod
-
-    errors: list[type[BaseException]] = [ConfigError, InvalidDeviceId, InvalidPeriod, UsageError]
-    try:
-        from solar_ml_pipeline.importer import ImportFileError
-
-        errors.append(ImportFileError)
-    except ImportError:  # pragma: no cover - importer ships with the package
-        pass
-    return tuple(errors)
+    return (ConfigError, InvalidDeviceId, UsageError, *_loaded(USER_ERRORS))
 
 
 def _failure_errors() -> tuple[type[BaseException], ...]:
-    from solar_ml_pipeline.registry import ModelStoreError
-    from solar_ml_pipeline.storage import StoreUnavailable
-
-    return (CommandFailed, StoreUnavailable, ModelStoreError)
-
-
-def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
-    """Print the JSON payload with --json, else the human text."""
-    if getattr(args, "json", False):
-        print(json.dumps(payload, default=_json_default, sort_keys=False))
-    else:
-        print(text() if callable(text) else text)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return (CommandFailed, *_loaded(FAILURE_ERRORS))
 
 
 def _parse_time(text: str) -> datetime:
@@ -74,7 +80,6 @@ def _parse_time(text: str) -> datetime:
 # --- simulate / import -------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.config import validate_device_id
     from solar_ml_pipeline.simulator import simulate_device, site_for_device
     from solar_ml_pipeline.storage import open_store
 
@@ -100,7 +105,6 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.config import validate_device_id
     from solar_ml_pipeline.importer import import_file
     from solar_ml_pipeline.storage import open_store
 
@@ -121,23 +125,36 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 # --- retrain ------------------------------------------------------------------------------
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
-    from solar_ml_pipeline.run_records import public_run
+    validate_device_id(args.device)  # before importing Dagster: a typo fails in a blink
+    from solar_ml_pipeline import operations
+    from solar_ml_pipeline.retraining import resolve_request
     from solar_ml_pipeline.storage import open_store
 
     request = resolve_request(settings, args.device, args.period, args.days)
     store = open_store(settings)
     try:
-        store.ping()
-        run_id = retrain_in_foreground(settings, request, verbose=args.verbose)
-        record = store.get_run(run_id)
+        if args.dry_run:
+            plan = operations.retrain_dry_run(settings, store, request)
+        elif args.background:
+            queued = operations.queue_retrain(settings, store, request, trigger="cli")
+        else:
+            record = operations.retrain_now(settings, store, request, verbose=args.verbose)
     finally:
         store.close()
-    if record is None:
-        raise CommandFailed(f"retrain run {run_id} ended without a run-log record; "
-                            "see the run in the Dagster UI")
-    shown = public_run(record)
-    emit(args, shown, lambda: _format_attempt(shown))
+    if args.dry_run:
+        emit(args, plan, lambda: _format_dry_run(plan))
+        if not plan["ready"]:
+            if not args.json:
+                print(f"solar-ml: error: {plan['problem']}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    if args.background:
+        emit(args, {"success": True, "background": True, **queued}, lambda: (
+            f"queued retrain of {queued['device_id']} for period {queued['period']} as Dagster "
+            f"run {queued['run_id']}: the daemon launches it (`solar-ml ui` runs one); "
+            f"see `solar-ml runs show {queued['run_id']}` once it has finished"))
+        return EXIT_OK
+    emit(args, record, lambda: _format_attempt(record))
     if record.get("status") != "success":
         if not args.json:
             print(f"solar-ml: error: {record.get('error')}", file=sys.stderr)
@@ -145,19 +162,78 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _format_dry_run(plan: dict[str, Any]) -> str:
+    verdict = "ready to train" if plan["ready"] else "NOT ready"
+    return "\n".join([
+        f"dry run: retrain {plan['device_id']} period {plan['period']}: {verdict}",
+        f"  window   [{plan['window_start']}, {plan['window_end']}) ({plan['days']} days)",
+        f"  rows     {plan['rows']} clean readings (at least {plan['min_training_rows']} needed)",
+        f"  model    {plan['model_type']}, feature set {plan['feature_set']}, "
+        f"horizon {plan['horizon_minutes']} min",
+        f"  store    {plan['backend']}; models in {plan['model_dir']}; "
+        f"current version {plan['current_version'] or '-'}",
+        "  nothing was trained or written",
+    ])
+
+
 def _format_attempt(record: dict[str, Any]) -> str:
     if record.get("status") != "success":
-        return (f"retrain {record['device_id']} period {record['period']}: FAILED "
+        return (f"retrain {record['device_id']} period {record.get('period')}: FAILED "
                 f"(run {record['run_id']})")
     decision = "promoted" if record.get("promoted") else "not promoted"
     return "\n".join([
-        f"retrain {record['device_id']} period {record['period']}: success, {decision}",
+        f"retrain {record['device_id']} period {record.get('period')}: success, {decision}",
         f"  version  {record['version']}  ({record['model_type']}, {record['rows_used']} rows)",
-        f"  MAE {record['mae']:.4f}  RMSE {record['rmse']:.4f}  R2 {record['r2']:.4f}  "
-        f"persistence MAE {record['persistence_mae']:.4f}  skill {record['skill']:+.3f}",
-        f"  decision {record['decision_reason']}",
+        f"  MAE {number(record.get('mae'))}  RMSE {number(record.get('rmse'))}  "
+        f"R2 {number(record.get('r2'))}  persistence MAE {number(record.get('persistence_mae'))}  "
+        f"skill {number(record.get('skill'), 3)}",
+        f"  decision {record.get('decision_reason')}",
         f"  run {record['run_id']}",
     ])
+
+
+# --- api / ui: long-running servers ------------------------------------------------------------
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from solar_ml_pipeline.api import serve
+
+    info = {"url": f"http://{args.host}:{args.port}", "docs": f"http://{args.host}:{args.port}/docs",
+            "writes_enabled": settings.api_token is not None, "store": settings.backend}
+    emit(args, info, lambda: (
+        f"solar-ml API on {info['url']} (docs {info['docs']}); writes "
+        f"{'need the API_TOKEN bearer token' if info['writes_enabled'] else 'disabled: set API_TOKEN'}"))
+    if not _is_loopback(args.host):
+        print(f"solar-ml: warning: binding {args.host} exposes the API beyond this machine",
+              file=sys.stderr)
+    sys.stdout.flush()
+    serve(settings, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    """`dagster dev` on this project's instance and code location (UI, schedules, daemon)."""
+    from solar_ml_pipeline.instance import ensure_dagster_home
+    from solar_ml_pipeline.operations import DEFINITIONS_MODULE
+
+    home = ensure_dagster_home(settings)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", DEFINITIONS_MODULE,
+               "-h", args.host, "-p", str(args.port)]
+    emit(args, {"url": f"http://{args.host}:{args.port}", "dagster_home": str(home),
+                "command": command},
+         f"Dagster UI and daemon on http://{args.host}:{args.port} (DAGSTER_HOME={home})")
+    sys.stdout.flush()
+    # Replace this process: Ctrl-C and service managers then reach dagster dev directly.
+    os.execv(sys.executable, command)  # noqa: S606 - fixed argv: our interpreter, dagster dev
+    return EXIT_OK  # pragma: no cover - execv does not return
 
 
 # --- demo: the README's first command ---------------------------------------------------
@@ -214,28 +290,11 @@ def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
 
 # --- parser -------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"solar-ml: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="solar-ml", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from solar_ml_pipeline import cli_manage
+
+    parser = Parser(prog="solar-ml", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("simulate", help="write physically plausible readings for a device")
     p.add_argument("--device", required=True)
@@ -243,28 +302,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-minutes", type=float, default=1.0)
     p.add_argument("--end", help="last reading time, ISO 8601 (default: now)")
     p.add_argument("--seed", type=int, default=0)
-    _common(p)
+    add_json_flag(p)
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("import", help="import readings from CSV or JSON lines (idempotent)")
     p.add_argument("file")
     p.add_argument("--device", help="device id for every row (overrides the file's)")
-    _common(p)
+    add_json_flag(p)
     p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("retrain", help="retrain one device for a period (default: current)")
     p.add_argument("--device", required=True)
     p.add_argument("--period", help="period key, e.g. 2026-02-24 (a past one is a backfill)")
-    p.add_argument("--days", type=_positive_int, help="days of readings (default RETRAIN_DAYS)")
+    p.add_argument("--days", type=positive_int, help="days of readings (default RETRAIN_DAYS)")
     p.add_argument("--verbose", action="store_true", help="Dagster step logs on stderr")
-    _common(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="check configuration, store and data; train and write nothing")
+    mode.add_argument("--background", action="store_true",
+                      help="queue the run for the Dagster daemon and print its run id")
+    add_json_flag(p)
     p.set_defaults(handler=cmd_retrain)
 
+    cli_manage.add_commands(sub)
+
     p = sub.add_parser("demo", help="simulate a demo fleet if the store is empty, retrain every device")
-    p.add_argument("--devices", type=_positive_int, default=3)
+    p.add_argument("--devices", type=positive_int, default=3)
     p.add_argument("--days", type=float, default=14.0)
-    _common(p)
+    add_json_flag(p)
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("api", help="serve the management HTTP API (FastAPI, docs at /docs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default %(default)s)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_api)
+
+    p = sub.add_parser("ui", help="run the Dagster UI and daemon (dagster dev) on this project")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument("--port", type=port_number, default=3000, help="port (default %(default)s)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_ui)
 
     return parser
 

@@ -1,0 +1,245 @@
+"""`solar-ml runs ...`, `solar-ml model ...` and `solar-ml predict`: auditing and serving.
+
+Thin: each handler parses, calls one function of `operations` (shared with the HTTP API) and
+formats its dict. None of these import Dagster, so they answer in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from solar_ml_pipeline import operations
+from solar_ml_pipeline.cli_common import (
+    EXIT_OK,
+    add_json_flag,
+    emit,
+    human_bytes,
+    non_negative_int,
+    number,
+    positive_int,
+)
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.storage import Store, open_store
+
+
+def _with_store(settings: Settings, action: Any) -> Any:
+    store: Store = open_store(settings)
+    try:
+        return action(store)
+    finally:
+        store.close()
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def cmd_runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    page = _with_store(settings, lambda store: operations.list_runs(
+        store, device_id=args.device, status=args.status,
+        promoted=True if args.promoted else None, limit=args.limit, skip=args.skip))
+    emit(args, page, lambda: format_runs(page, args.skip))
+    return EXIT_OK
+
+
+def format_runs(page: dict[str, Any], skip: int) -> str:
+    runs = page["runs"]
+    if not runs:
+        return f"no runs (total {page['total']}, skipped {skip})"
+    header = (f"{'trained_at (UTC)':<20} {'device':<12} {'kind':<8} {'status':<7} "
+              f"{'promoted':<8} {'version':<23} {'MAE':>9}  run_id")
+    lines = [header, "-" * len(header)]
+    for run in runs:
+        trained = (run.get("trained_at") or "-")[:19].replace("T", " ")
+        lines.append(
+            f"{trained:<20} {run.get('device_id') or '-':<12} {run.get('kind') or 'retrain':<8} "
+            f"{run.get('status') or '-':<7} {'yes' if run.get('promoted') else 'no':<8} "
+            f"{run.get('version') or '-':<23} {number(run.get('mae'), 3):>9}  {run['run_id']}")
+    lines.append(f"runs {skip + 1}-{skip + len(runs)} of {page['total']}")
+    return "\n".join(lines)
+
+
+def cmd_runs_show(args: argparse.Namespace, settings: Settings) -> int:
+    record = _with_store(settings, lambda store: operations.show_run(store, args.run_id))
+    emit(args, record, lambda: format_record(record))
+    return EXIT_OK
+
+
+def format_record(record: dict[str, Any]) -> str:
+    width = max(len(name) for name in record)
+    lines = []
+    for name, value in record.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        lines.append(f"{name:<{width}}  {'-' if shown is None else shown}")
+    return "\n".join(lines)
+
+
+def cmd_runs_delete(args: argparse.Namespace, settings: Settings) -> int:
+    result = _with_store(settings, lambda store: operations.delete_run(store, args.run_id))
+    emit(args, result, f"deleted run record {args.run_id} (model versions are kept)")
+    return EXIT_OK
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def cmd_model_current(args: argparse.Namespace, settings: Settings) -> int:
+    shown = operations.current_model(settings, args.device)
+    emit(args, shown, lambda: format_current(shown))
+    return EXIT_OK
+
+
+def format_current(shown: dict[str, Any]) -> str:
+    device = shown["device_id"]
+    if not shown["model_exists"]:
+        return (f"{device} has no current model: train one with "
+                f"`solar-ml retrain --device {device}`")
+    metrics = shown.get("metrics") or {}
+    return "\n".join([
+        f"{device}: current model {shown['version']} ({shown.get('model_type') or '?'}), "
+        f"updated {shown.get('updated_at')}",
+        f"  MAE {number(metrics.get('mae'))}  RMSE {number(metrics.get('rmse'))}  "
+        f"R2 {number(metrics.get('r2'))}  skill {number(metrics.get('skill'), 3)}",
+        f"  previous {shown.get('previous_version') or '-'}",
+        f"  file {shown['model_path']}",
+    ])
+
+
+def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    listing = operations.list_models(settings, args.device)
+    emit(args, listing, lambda: format_versions(listing))
+    return EXIT_OK
+
+
+def format_versions(listing: dict[str, Any]) -> str:
+    device, versions = listing["device_id"], listing["versions"]
+    if not versions:
+        return f"{device} has no model versions: train one with `solar-ml retrain --device {device}`"
+    header = (f"  {'version':<23} {'trained_at (UTC)':<20} {'period':<11} {'MAE':>9} "
+              f"{'skill':>7} {'size':>9}")
+    lines = [f"{device}: {len(versions)} versions, current {listing['current_version'] or '-'}",
+             header]
+    for v in versions:
+        mark = "*" if v["current"] else " "
+        role = "current" if v["current"] else "previous" if v["previous"] else ""
+        trained = (v.get("trained_at") or "-")[:19].replace("T", " ")
+        metrics = v.get("metrics") or {}
+        lines.append(
+            f"{mark} {v['version']:<23} {trained:<20} {v.get('period') or '-':<11} "
+            f"{number(metrics.get('mae'), 3):>9} {number(metrics.get('skill'), 3):>7} "
+            f"{human_bytes(v.get('size_bytes') or 0):>9}  {role}".rstrip())
+    return "\n".join(lines)
+
+
+def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    result = _with_store(settings, lambda store: operations.rollback_model(
+        settings, store, args.device, args.to))
+    emit(args, result, lambda: (
+        f"{args.device}: now serving {result['version']} (was {result['previous_version']}); "
+        f"recorded as run {result['run_id']}"))
+    return EXIT_OK
+
+
+def cmd_model_prune(args: argparse.Namespace, settings: Settings) -> int:
+    report = operations.prune_models(settings, keep=args.keep, dry_run=args.dry_run,
+                                     device_id=args.device)
+    emit(args, report, lambda: format_prune(report))
+    return EXIT_OK
+
+
+def format_prune(report: dict[str, Any]) -> str:
+    verb = "would remove" if report["dry_run"] else "removed"
+    lines = []
+    for device in report["devices"]:
+        if device.get("skipped_reason"):
+            lines.append(f"{device['device_id']}: skipped, {device['skipped_reason']}")
+            continue
+        lines.append(f"{device['device_id']}: {verb} {len(device['removed'])} versions, "
+                     f"kept {len(device['kept'])} ({human_bytes(device['freed_bytes'])})")
+    lines.append(f"{verb} {report['removed_count']} versions in total, keeping the newest "
+                 f"{report['keep']} per device plus current and previous: "
+                 f"{report['freed_bytes']} bytes ({human_bytes(report['freed_bytes'])}) "
+                 f"{'would be ' if report['dry_run'] else ''}freed")
+    return "\n".join(lines)
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from solar_ml_pipeline.prediction import predict_latest
+    from solar_ml_pipeline.serving import ModelServer
+
+    server = ModelServer(operations.registry_for(settings))
+    forecast = operations.json_ready(_with_store(settings, lambda store: predict_latest(
+        settings, store, server, args.device)))
+    emit(args, forecast, lambda: (
+        f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)} forecast for "
+        f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "
+        f"{forecast['based_on']}, power then {number(forecast['current_power'], 1)}); "
+        f"model {forecast['version']}"))
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def add_commands(sub: Any) -> None:
+    """Adds `runs`, `model` and `predict` to the `solar-ml` subcommands."""
+    runs = sub.add_parser("runs", help="the run log: list, show or delete attempt records")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, parser_class=type(runs))
+
+    p = runs_sub.add_parser("list", help="run records, newest first")
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--status", choices=operations.RUN_STATUSES, help="only this status")
+    p.add_argument("--promoted", action="store_true", help="only attempts that were promoted")
+    p.add_argument("--limit", type=positive_int, default=operations.DEFAULT_LIMIT,
+                   help=f"records per page, 1-{operations.MAX_LIMIT} (default %(default)s)")
+    p.add_argument("--skip", type=non_negative_int, default=0, help="records to skip (paging)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_runs_list)
+
+    p = runs_sub.add_parser("show", help="one run record")
+    p.add_argument("run_id")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_runs_show)
+
+    p = runs_sub.add_parser("delete", help="delete one run record (model versions stay)")
+    p.add_argument("run_id")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_runs_delete)
+
+    model = sub.add_parser("model", help="model versions: current, list, rollback, prune")
+    model_sub = model.add_subparsers(dest="model_command", required=True,
+                                     parser_class=type(model))
+
+    p = model_sub.add_parser("current", help="the model in service for a device")
+    p.add_argument("--device", required=True)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_model_current)
+
+    p = model_sub.add_parser("list", help="every version of a device, newest first")
+    p.add_argument("--device", required=True)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_model_list)
+
+    p = model_sub.add_parser(
+        "rollback", help="serve the previous version again (twice in a row rolls forward)")
+    p.add_argument("--device", required=True)
+    p.add_argument("--to", metavar="VERSION", help="serve this version instead of the previous")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_model_rollback)
+
+    p = model_sub.add_parser(
+        "prune", help="delete old versions (never the current or previous one)")
+    p.add_argument("--keep", type=positive_int,
+                   help="newest versions kept per device (default KEEP_VERSIONS)")
+    p.add_argument("--device", help="only this device (default: every device)")
+    p.add_argument("--dry-run", action="store_true", help="report what would go, delete nothing")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_model_prune)
+
+    p = sub.add_parser("predict", help="forecast power HORIZON_MINUTES ahead from the latest readings")
+    p.add_argument("--device", required=True)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_predict)

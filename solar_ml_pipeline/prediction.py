@@ -1,0 +1,104 @@
+"""Forecasts from the model in service, built from the device's latest readings.
+
+The features come from the same `build_feature_frame` that training uses (no target), over
+enough recent readings to fill the rolling windows, so serving sees what the model saw.
+The model comes through the serving loader (sha256-verified, promotion-aware).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.run_records import iso_z, utc_now
+from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.storage import Store
+
+# Readings read before `now`: ample for the 5-reading rolling means, the one-hour solar
+# features and the gap rules, at any cadence from 1 to 5 minutes.
+LOOKBACK = timedelta(hours=3)
+# A tracker clock slightly ahead of ours must not hide its newest reading.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class PredictionUnavailable(Exception):
+    """The model exists but there is nothing current to forecast from; the message says why."""
+
+
+def _stale_message(device_id: str, newest: datetime | None, now: datetime,
+                   horizon_minutes: int) -> str:
+    if newest is None:
+        return (f"device {device_id} has no readings: predictions need live readings "
+                f"(send some, or `solar-ml simulate --device {device_id}` for a demo)")
+    return (f"no recent readings for device {device_id}: the newest is from {iso_z(newest)}, "
+            f"more than the {horizon_minutes}-minute horizon before now ({iso_z(now)}); "
+            "predictions need live readings")
+
+
+def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -> Any:
+    """The site the model's features were computed for; else the device's registered site."""
+    from dataclasses import fields
+
+    from solar_ml_pipeline.simulator import Site, site_for_device
+
+    recorded = getattr(model, "site", None)
+    if isinstance(recorded, dict):
+        names = {f.name for f in fields(Site)}
+        known = {k: v for k, v in recorded.items() if k in names and v is not None}
+        try:
+            return Site(**known)
+        except (TypeError, ValueError):
+            pass  # an incomplete record: the registered site is what training used
+    return site_for_device(store, settings, device_id)
+
+
+def predict_latest(settings: Settings, store: Store, server: ModelServer, device_id: str,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Forecast power `horizon` after the newest reading, which must be under `horizon` old.
+
+    Raises NoCurrentModel (no model), PredictionUnavailable (no recent readings, or they lack
+    a sensor the model needs) and the loader's errors (corrupt pointer, checksum mismatch).
+    """
+    validate_device_id(device_id)
+    now = now or utc_now()
+    served = server.load_current(device_id)
+    # Imported once a model exists: the feature code loads pvlib, which "no model" need not wait for.
+    from solar_ml_pipeline.features import build_feature_frame
+    from solar_ml_pipeline.training import FeaturesUnavailable
+
+    model = served.model
+    horizon = int(getattr(model, "horizon_minutes", None) or settings.horizon_minutes)
+    readings = store.read_window(device_id, now - LOOKBACK, now + CLOCK_SKEW)
+    built = None
+    if len(readings):
+        built = build_feature_frame(
+            readings, horizon_minutes=horizon,
+            timezone=getattr(model, "timezone", None) or settings.timezone,
+            feature_set=getattr(model, "feature_set", None) or settings.feature_set,
+            with_target=False, site=serving_site(model, store, settings, device_id),
+        )
+    if built is None or built.frame.empty:
+        newest = store.latest_readings(device_id, 1)
+        newest_at = newest["timestamp"].iloc[-1].to_pydatetime() if len(newest) else None
+        raise PredictionUnavailable(_stale_message(device_id, newest_at, now, horizon))
+    latest = built.frame.iloc[[-1]]
+    based_on = latest["timestamp"].iloc[0].to_pydatetime()
+    if now - based_on > timedelta(minutes=horizon):
+        raise PredictionUnavailable(_stale_message(device_id, based_on, now, horizon))
+    try:
+        predicted = float(model.predict(latest)[0])
+    except FeaturesUnavailable as exc:
+        raise PredictionUnavailable(f"device {device_id}, model {served.version}: {exc}") from None
+    return {
+        "device_id": device_id,
+        "version": served.version,
+        "model_type": getattr(model, "model_type", None),
+        "horizon_minutes": horizon,
+        "based_on": iso_z(based_on),
+        "forecast_for": iso_z(based_on + timedelta(minutes=horizon)),
+        "predicted_power": predicted,
+        "current_power": float(latest["power"].iloc[0]),
+        "readings_used": len(built.frame),
+        "generated_at": iso_z(now),
+    }
