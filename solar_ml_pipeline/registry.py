@@ -367,6 +367,15 @@ class ModelRegistry:
         device_id = validate_device_id(device_id)
         model_path = self.model_path(device_id, version)
         metadata_path = self.metadata_path(device_id, version)
+        # Created here, not in the write below: there a FileExistsError means "version exists".
+        folder = self.versions_dir(device_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelStoreError(
+                f"cannot create the model folder {folder}: {exc.strerror or exc}: "
+                "make MODEL_DIR a writable directory"
+            ) from None
         self.clean_temp_files(device_id)
         data = serialize_model(model)
         full_meta = dict(meta)
