@@ -27,6 +27,7 @@ from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, Store
 from solar_ml_pipeline.run_records import (
     STATUS_SUCCESS,
     base_record,
+    failed_fields,
     one_line,
     utc_now,
 )
@@ -353,28 +354,37 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
                                            cutoff=champion_cutoff)
         decision = promotion.decide_promotion(challenger, champion, policy.mae_threshold_percent)
-        new_pointer = registry.set_pointer(device_id, stored.version) if decision.promoted else pointer
+        reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
+        record = base_record(
+            run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
+            period=period_key, window_start=_parse(meta["window_start"]), window_end=_parse(meta["window_end"]),
+            days_used=meta["days_used"], horizon_minutes=meta["horizon_minutes"],
+            model_type=meta["model_type"], trained_at=_parse(meta["trained_at"]),
+        )
+        record.update(
+            rows_used=meta["rows_used"],
+            mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
+            train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
+            persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
+            features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
+            version=stored.version, status=STATUS_SUCCESS, error=None,
+            promoted=decision.promoted, decision_reason=one_line(reason), decision_rule=decision.rule,
+            champion_version=champion.version if champion else None,
+            champion_mae=_finite_or_none(champion.mae) if champion else None,
+            duration_s=_run_duration_s(context), finished_at=utc_now(),
+        )
+        # The record before the pointer: a run log that cannot take the attempt (store down or
+        # read-only) fails the run before a model it never recorded can serve.
+        store.open().upsert_run(record)
+        new_pointer = pointer
+        if decision.promoted:
+            try:
+                new_pointer = registry.set_pointer(device_id, stored.version)
+            except Exception as exc:
+                store.open().upsert_run({"run_id": context.run_id, **failed_fields(
+                    f"{stored.version} was stored but not promoted: {exc}", record["duration_s"])})
+                raise
 
-    reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
-    record = base_record(
-        run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
-        period=period_key, window_start=_parse(meta["window_start"]), window_end=_parse(meta["window_end"]),
-        days_used=meta["days_used"], horizon_minutes=meta["horizon_minutes"],
-        model_type=meta["model_type"], trained_at=_parse(meta["trained_at"]),
-    )
-    record.update(
-        rows_used=meta["rows_used"],
-        mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
-        train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
-        persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
-        features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
-        version=stored.version, status=STATUS_SUCCESS, error=None,
-        promoted=decision.promoted, decision_reason=one_line(reason), decision_rule=decision.rule,
-        champion_version=champion.version if champion else None,
-        champion_mae=_finite_or_none(champion.mae) if champion else None,
-        duration_s=_run_duration_s(context), finished_at=utc_now(),
-    )
-    store.open().upsert_run(record)
     context.log.info(f"{device_id} {period_key}: {reason}")
     return dg.Output(
         {"promoted": decision.promoted, "reason": reason, "challenger_version": stored.version,
