@@ -1,7 +1,8 @@
 """`solar-ml` through its real entry point: `python -m solar_ml_pipeline.cli` in a subprocess
-for every command, with the exit codes and one-line errors; the wider error matrix calls the
-same `main()` in-process. One module-wide project home is shared: the CLI simulates and
-retrains `t1` once, the other devices get tiny constant-model versions written directly."""
+for each operator command (simulate, retrain, retrain --background, runs, model, predict, api)
+with exit codes and one-line errors; the wider error matrix, --dry-run and `ui` (which execs
+`dagster dev`) call the same `main()` in-process. One module-wide project home is shared: the CLI
+simulates and retrains `t1` once, the other devices get tiny constant-model versions."""
 
 from __future__ import annotations
 
@@ -103,14 +104,16 @@ def test_retrain_runs_the_job_and_prints_the_promoted_record(home):
     assert home["store"].get_run(record["run_id"])["version"] == record["version"]
 
 
-def test_retrain_dry_run_checks_the_window_and_writes_nothing(env_for_subprocess, settings,
-                                                               store):
+def test_retrain_dry_run_checks_the_window_and_writes_nothing(settings, store, test_env,
+                                                               monkeypatch, capsys):
     simulate_into(store, "t1", interval_minutes=5)
     store.close()
-    result = solar_ml(env_for_subprocess, "retrain", "--device", "t1", "--period", PERIOD,
-                      "--dry-run", "--json")
-    assert result.returncode == 0, result.stderr
-    plan = json.loads(result.stdout)
+    for name, value in test_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_HOME")
+    code = cli.main(["retrain", "--device", "t1", "--period", PERIOD, "--dry-run", "--json"])
+    assert code == 0, capsys.readouterr().err
+    plan = json.loads(capsys.readouterr().out)
     assert (plan["ready"], plan["dry_run"], plan["period"]) == (True, True, PERIOD)
     assert plan["rows"] >= settings.min_training_rows
     assert not settings.dagster_home.exists() and not settings.model_dir.exists()
@@ -297,10 +300,11 @@ def test_predict_forecasts_from_the_latest_readings_with_the_current_version(hom
     assert forecast["horizon_minutes"] == 15 and isinstance(forecast["predicted_power"], float)
 
 
-def test_predict_without_a_model_exits_1_with_one_line(home):
-    result = solar_ml(home["env"], "predict", "--device", "nomodel")
-    assert result.returncode == 1
-    one_error_line(result, "device nomodel has no current model")
+def test_predict_without_a_model_exits_1_with_one_line(in_home, capsys):
+    assert cli.main(["predict", "--device", "nomodel"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["solar-ml: error: device nomodel has no current model: train one with "
+                   "`solar-ml retrain --device nomodel`"]
 
 
 def test_api_command_serves_on_loopback_by_default(home):
