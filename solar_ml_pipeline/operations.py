@@ -221,22 +221,34 @@ def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, An
 
 def rollback_model(settings: Settings, store: Store, device_id: str,
                    to: str | None = None) -> dict[str, Any]:
-    """Move the pointer back (or to `to`), sha256-verified under the device lock, and log it."""
+    """Move the pointer back (or to `to`), sha256-verified under the device lock, and log it.
+
+    As with promotion, a pointer move stands only once the run log holds it: if the record
+    cannot be written, the pointer is moved back (still under the lock) and the error raised.
+    """
     validate_device_id(device_id)
     if to is not None:
         validate_version(to)
-    store.ping()  # refuse up front rather than move the pointer and fail to record it
+    store.ping()  # the usual outage is refused before anything moves
     registry = registry_for(settings)
-    pointer = registry.rollback(device_id, to)
-    record = rollback_record(settings, device_id, pointer,
-                             registry.read_meta(device_id, pointer["version"]))
-    try:
-        store.upsert_run(record)
-    except StoreUnavailable as exc:
-        raise StoreUnavailable(
-            f"rolled back {device_id} to {pointer['version']}, but the run log could not "
-            f"record it: {exc}"
-        ) from exc
+    with registry.device_lock(device_id):  # reentrant: rollback() takes it too
+        pointer = registry.rollback(device_id, to)
+        record = rollback_record(settings, device_id, pointer,
+                                 registry.read_meta(device_id, pointer["version"]))
+        try:
+            store.upsert_run(record)
+        except Exception as exc:
+            replaced = pointer.get("previous_version")
+            if replaced is None:  # a repaired pointer: there is nothing sound to go back to
+                raise StoreUnavailable(
+                    f"{device_id} now serves {pointer['version']}, but the run log could not "
+                    f"record the rollback ({exc})"
+                ) from exc
+            registry.rollback(device_id, to=replaced)
+            raise StoreUnavailable(
+                f"rollback of {device_id} to {pointer['version']} undone: the run log could not "
+                f"record it ({exc}); retry when the store is back"
+            ) from exc
     return json_ready({
         "success": True, "device_id": device_id, "version": pointer["version"],
         "previous_version": pointer.get("previous_version"),

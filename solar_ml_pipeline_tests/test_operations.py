@@ -25,6 +25,7 @@ from solar_ml_pipeline.registry import (
 from solar_ml_pipeline.retraining import resolve_request
 from solar_ml_pipeline.run_records import KIND_ROLLBACK, base_record
 from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.storage import StoreUnavailable
 from solar_ml_pipeline.training import ForecastModel
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 
@@ -227,6 +228,20 @@ def test_a_refused_rollback_leaves_the_pointer_and_the_run_log_untouched(setting
         operations.rollback_model(settings, store, "t1", to="20990101_000000_abcdef")
     assert registry.read_pointer("t1") == pointer and pointer["version"] == second
     assert operations.list_runs(store)["total"] == 0
+
+
+def test_a_rollback_the_run_log_cannot_record_is_undone(settings, store, registry,
+                                                         monkeypatch):
+    save_constant_version(registry, "t1", 3.0, 1)
+    second = save_constant_version(registry, "t1", 2.0, 2)
+
+    def refuse(record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "upsert_run", refuse)
+    with pytest.raises(StoreUnavailable, match="undone: the run log could not record it"):
+        operations.rollback_model(settings, store, "t1")
+    assert registry.read_pointer("t1")["version"] == second
 
 
 def test_prune_keeps_current_previous_and_newest_and_dry_run_deletes_nothing(settings,
