@@ -274,3 +274,56 @@ def test_a_feature_without_any_value_in_the_training_rows_is_left_out(model_type
                                   estimator_params=FAST[model_type])
     assert "power_lag_15" not in model.features
     assert len(model.features) == len(built.features) - 1
+
+
+from solar_ml_pipeline.training import DEFAULT_TARGETS, RESIDUAL  # noqa: E402
+
+
+def test_solar_models_learn_the_departure_from_smart_persistence_by_default():
+    built = _site_frame("solar")
+    model, _ = train_and_evaluate(built, model_type="ridge", horizon_minutes=15,
+                                  feature_set="solar")
+    assert DEFAULT_TARGETS["solar"] == model.target == RESIDUAL
+    raw = model.estimator.predict(built.frame[model.features].astype("float64"))
+    np.testing.assert_allclose(model.predict(built.frame),
+                               raw + built.frame["smart_persistence"].to_numpy())
+
+
+def test_a_residual_model_is_exact_where_smart_persistence_is():
+    # Clear days at a constant index: the departure to learn is zero by daylight.
+    built = _site_frame("solar")
+    model, evaluation = train_and_evaluate(built, model_type="ridge", horizon_minutes=15,
+                                           feature_set="solar")
+    assert evaluation.daylight_mae < 0.05 * evaluation.daylight_persistence_mae
+
+
+def test_the_power_target_can_still_be_chosen_for_the_solar_set():
+    model, _ = train_and_evaluate(_site_frame("solar"), model_type="ridge", horizon_minutes=15,
+                                  feature_set="solar", target="power")
+    assert model.target == "power"
+
+
+def test_an_unknown_target_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="power, smart_persistence_residual"):
+        train_and_evaluate(_site_frame("solar"), model_type="ridge", horizon_minutes=15,
+                           feature_set="solar", target="clear_sky_index")
+
+
+def test_the_residual_target_without_a_site_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="site"):
+        train_and_evaluate(_feature_frame(), model_type="ridge", horizon_minutes=15,
+                           feature_set="original", target=RESIDUAL)
+
+
+def test_a_model_pickled_before_targets_existed_still_forecasts_power():
+    model, _ = _train(_feature_frame())
+    state = dict(model.__dict__)
+    state.pop("target")
+    old = ForecastModel.__new__(ForecastModel)
+    old.__dict__.update(state)  # what unpickling an older version produces
+    frame = _feature_frame().frame
+    np.testing.assert_allclose(old.predict(frame), model.predict(frame))
+
+
+def test_gradient_boosting_fits_the_absolute_error_that_gates_judge():
+    assert make_estimator("hist_gradient_boosting").loss == "absolute_error"
