@@ -22,7 +22,7 @@ from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.failures import days_from_run_config, record_failed_attempt
 from solar_ml_pipeline.io_managers import partition_parts
 from solar_ml_pipeline.partitions import retrain_partitions
-from solar_ml_pipeline.registry import ModelCandidate
+from solar_ml_pipeline.registry import ModelCandidate, ModelStoreError
 from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
 from solar_ml_pipeline.run_records import (
     STATUS_SUCCESS,
@@ -345,10 +345,13 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
                 str(champion_meta.get("cutoff") or champion_meta["trained_at"]).replace("Z", "+00:00")
             )
             try:
-                champion_model = registry.load_model(device_id, pointer["version"])
+                # The pointer's sha256 too: a pkl replaced together with its meta is never
+                # unpickled; a champion that cannot be verified is unscored, so it is replaced.
+                champion_model = registry.load_model(device_id, pointer["version"],
+                                                     expected_sha256=pointer["sha256"])
                 champion_mae = training.score_on(champion_model, test,
                                                   horizon_minutes=policy.horizon_minutes)
-            except training.FeaturesUnavailable as exc:
+            except (training.FeaturesUnavailable, ModelStoreError) as exc:
                 champion_mae = float("nan")
                 champion_note = str(exc)
             champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
