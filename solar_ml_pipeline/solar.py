@@ -58,6 +58,9 @@ def _utc_index(timestamps: Any) -> pd.DatetimeIndex:
 def solar_position(timestamps: Any, site: SiteLike) -> pd.DataFrame:
     """Apparent elevation, apparent zenith and azimuth (degrees), one row per timestamp."""
     index = _utc_index(timestamps)
+    if len(index) == 0:  # pvlib's ephemeris cannot reduce an empty array
+        empty = np.empty(0, dtype="float64")
+        return pd.DataFrame({"elevation": empty, "zenith": empty, "azimuth": empty}, index=index)
     position = pvlib.solarposition.get_solarposition(
         index, site.latitude, site.longitude, altitude=site.altitude, method="ephemeris",
     )
