@@ -19,7 +19,11 @@ import pandas as pd
 
 from solar_ml_pipeline import features, promotion, readings, training
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.failures import days_from_run_config, record_failed_attempt
+from solar_ml_pipeline.failures import (
+    days_from_run_config,
+    no_data_message,
+    record_failed_attempt,
+)
 from solar_ml_pipeline.io_managers import partition_parts
 from solar_ml_pipeline.partitions import retrain_partitions
 from solar_ml_pipeline.registry import ModelCandidate, ModelStoreError
@@ -91,11 +95,6 @@ def _recorded_attempt(context: dg.AssetExecutionContext, settings: Settings,
         except Exception as log_exc:  # noqa: BLE001 - the run log may be the thing that is down
             context.log.error(f"could not record the failed attempt in the run log: {log_exc}")
         raise
-
-
-def no_data_message(device_id: str, start: datetime, end: datetime, rows: int) -> str:
-    return (f"No data found for training: device {device_id}, "
-            f"window [{start.isoformat()}, {end.isoformat()}): {rows} rows")
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:

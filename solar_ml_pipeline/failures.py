@@ -8,6 +8,7 @@ the run already has.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from solar_ml_pipeline.config import Settings
@@ -49,3 +50,8 @@ def days_from_run_config(run_config: Any) -> int | None:
     except (KeyError, TypeError):
         return None
     return int(value) if value else None
+
+
+def no_data_message(device_id: str, start: datetime, end: datetime, rows: int) -> str:
+    return (f"No data found for training: device {device_id}, "
+            f"window [{start.isoformat()}, {end.isoformat()}): {rows} rows")

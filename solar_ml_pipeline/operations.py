@@ -276,7 +276,7 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
 
     `ready` is False (with `problem`) when the window lacks MIN_TRAINING_ROWS clean rows.
     """
-    from solar_ml_pipeline.assets import no_data_message
+    from solar_ml_pipeline.failures import no_data_message
     from solar_ml_pipeline.partitions import training_window
     from solar_ml_pipeline.readings import clean_readings
 
