@@ -363,9 +363,11 @@ def _file_format(path: Path, head: bytes) -> str:
     suffix = path.suffix.lower()
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if start.startswith(b"["):
+        # never suggest a redirection onto the input itself: the shell would empty it first
+        converted = f"{path.stem}{'-lines' if suffix == '.jsonl' else ''}.jsonl"
         raise ImportFileError(
             f"{path} holds a JSON array: convert it to JSON lines, "
-            f"e.g. jq -c '.[]' {path.name} > {path.stem}.jsonl"
+            f"e.g. jq -c '.[]' {path.name} > {converted}"
         )
     if suffix == ".csv":
         return "csv"
