@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from solar_ml_pipeline.alerts import build_run_failure_sensor
 from solar_ml_pipeline.assets import build_assets
 from solar_ml_pipeline.config import Settings, load_settings
 from solar_ml_pipeline.io_managers import VersionedModelIOManager
@@ -18,7 +19,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=build_assets(settings),
         jobs=[build_retrain_job(settings)],
         schedules=[build_retrain_schedule(settings)],
-        sensors=[build_device_sensor(settings)],
+        sensors=[build_device_sensor(settings), build_run_failure_sensor(settings)],
         resources={
             "store": StoreResource.from_settings(settings),
             "models": ModelStoreResource(model_dir=str(settings.model_dir)),
