@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +33,6 @@ from solar_ml_pipeline.resources import StoreResource
 from solar_ml_pipeline.run_records import one_line
 
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
-WEBSERVER_URL_VARIABLE = "DAGSTER_WEBSERVER_URL"
 PARTITION_TAG = "dagster/partition"
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_ATTEMPTS = 3
@@ -97,12 +95,6 @@ def failure_message(failure_event: dg.DagsterEvent | None,
         if failure_event.message:
             return one_line(failure_event.message)
     return "the run failed without an error message; see the run's logs in the Dagster UI"
-
-
-def webserver_base_url(env: Mapping[str, str]) -> str | None:
-    """Where the Dagster UI is reachable from the alert's reader, if the deployment says so."""
-    value = (env.get(WEBSERVER_URL_VARIABLE) or "").strip().rstrip("/")
-    return value or None
 
 
 def run_url(run_id: str, base_url: str | None) -> str:
@@ -220,7 +212,7 @@ def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
                                   f"{one_line(str(exc))}")
 
         if settings.alert_webhook_url:
-            payload = alert_payload(failed, webserver_base_url(os.environ))
+            payload = alert_payload(failed, settings.dagster_webserver_url)
             try:
                 attempt = post_alert(settings.alert_webhook_url, payload, timeout_s=WEBHOOK_TIMEOUT_S,
                                      attempts=WEBHOOK_ATTEMPTS, backoff_s=WEBHOOK_BACKOFF_S)

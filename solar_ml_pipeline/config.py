@@ -69,6 +69,7 @@ class Settings:
     mongodb_timeout_ms: int = 5000
     api_token: str | None = field(default=None, repr=False)
     alert_webhook_url: str | None = None
+    dagster_webserver_url: str | None = None
     max_concurrent_runs: int = 2
 
     @property
@@ -201,6 +202,15 @@ def _mongodb_uri(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _text(env, name, None)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+        raise ConfigError(f"{name} is invalid: expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 def _name(env: Mapping[str, str], name: str, default: str) -> str:
     raw = _text_or(env, name, default)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", raw):
@@ -240,7 +250,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             env, "MONGODB_TIMEOUT_MS", 5000, 100, "milliseconds, at least 100"
         ),
         api_token=_text(env, "API_TOKEN", None),
-        alert_webhook_url=_text(env, "ALERT_WEBHOOK_URL", None),
+        alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
+        dagster_webserver_url=_http_url(env, "DAGSTER_WEBSERVER_URL"),
         max_concurrent_runs=_int(env, "MAX_CONCURRENT_RUNS", 2, 1, "a whole number, at least 1"),
     )
 

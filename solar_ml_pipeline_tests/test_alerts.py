@@ -15,7 +15,6 @@ from solar_ml_pipeline.alerts import (
     failure_message,
     post_alert,
     run_url,
-    webserver_base_url,
 )
 from solar_ml_pipeline.definitions import build_definitions
 from solar_ml_pipeline.failures import DEVICE_TAG, PERIOD_TAG
@@ -73,12 +72,6 @@ def test_device_and_period_are_unknown_for_an_unpartitioned_run():
 def test_run_url_is_absolute_with_a_webserver_base_and_relative_without():
     assert run_url("abc123", "http://dagster.local:3000") == "http://dagster.local:3000/runs/abc123"
     assert run_url("abc123", None) == "/runs/abc123"
-
-
-def test_webserver_base_url_is_read_without_trailing_slash_and_blank_means_unknown():
-    assert webserver_base_url({"DAGSTER_WEBSERVER_URL": "http://ui:3000/ "}) == "http://ui:3000"
-    assert webserver_base_url({"DAGSTER_WEBSERVER_URL": "  "}) is None
-    assert webserver_base_url({}) is None
 
 
 def test_alert_payload_names_device_period_run_error_and_link():
@@ -179,8 +172,8 @@ def test_the_sensor_is_part_of_the_code_location_and_starts_running(settings):
 
 def test_a_run_that_died_gets_its_failed_record_and_an_alert_from_the_sensor(
         settings, store, receiver, monkeypatch):
-    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", "http://ui.example:3000/")
-    sensor = build_run_failure_sensor(settings.with_overrides(alert_webhook_url=receiver.url))
+    sensor = build_run_failure_sensor(settings.with_overrides(
+        alert_webhook_url=receiver.url, dagster_webserver_url="http://ui.example:3000"))
     with dg.instance_for_test() as instance:
         run, event = _run_that_died(instance, settings)
         assert store.get_run(run.run_id) is None

@@ -57,6 +57,8 @@ def test_mongodb_uri_selects_the_production_backend():
         ("HORIZON_MINUTES", "0", "at least 1"),
         ("PERIODS_START", "2026-13-01", "YYYY-MM-DD"),
         ("COLLECTION_READINGS", "readings; drop", "letters"),
+        ("ALERT_WEBHOOK_URL", "ftp://hooks.example/x", "http://"),
+        ("DAGSTER_WEBSERVER_URL", "ui:3000", "http://"),
     ],
 )
 def test_invalid_value_fails_with_one_line_naming_variable_and_form(name, value, expected_hint):
