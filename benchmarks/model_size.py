@@ -1,0 +1,230 @@
+"""Model size: bytes per stored version for each MODEL_TYPE, per storage format, and load time.
+
+For each MODEL_TYPE at 7 and 30 days of 1-minute readings, one model is fitted the project's
+way (features.build_feature_frame + training.train_and_evaluate: the ForecastModel a
+version holds). It is then stored with each candidate format and loaded back through the
+serving loader, `ModelServer(registry).load_current(device)` (pointer read, sha256 check,
+decode), a fresh server each time so nothing is cached.
+
+The registry serialises in one place (registry.serialize_model / deserialize_model). This
+benchmark swaps those two functions *in its own process* for each candidate format, so the
+figures are the real save and load paths with only the encoding changed; registry.py is not
+edited. "save s" is `save_version` (encode, sha256, two fsync'd atomic writes).
+
+    python benchmarks/model_size.py
+    python benchmarks/model_size.py --days 7 --models random_forest ridge
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import lzma
+import pickle
+import statistics
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bench_support as bs
+import joblib
+from threadpoolctl import threadpool_limits
+
+from solar_ml_pipeline import registry as registry_module
+from solar_ml_pipeline.config import MODEL_TYPES
+from solar_ml_pipeline.features import build_feature_frame
+from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.simulator import simulate_readings
+from solar_ml_pipeline.training import train_and_evaluate
+
+HORIZON = 15
+FLEET_DEVICES = 1000
+# lzma at its default preset compresses ~1-3 MB/s here: a 50 MB forest takes over a minute.
+SLOW_FORMAT_LIMIT_BYTES = 5 * 2**20
+CURRENT = "pickle (current)"
+
+
+def _joblib_dumps(compress: Any) -> Callable[[object], bytes]:
+    def dumps(model: object) -> bytes:
+        buffer = io.BytesIO()
+        joblib.dump(model, buffer, compress=compress)
+        return buffer.getvalue()
+    return dumps
+
+
+def _joblib_loads(data: bytes) -> object:
+    return joblib.load(io.BytesIO(data))
+
+
+def _pickled(compress: Callable[[bytes], bytes]) -> Callable[[object], bytes]:
+    return lambda model: compress(pickle.dumps(model, protocol=registry_module.PICKLE_PROTOCOL))
+
+
+def _unpickled(decompress: Callable[[bytes], bytes]) -> Callable[[bytes], object]:
+    return lambda data: pickle.loads(decompress(data))  # bytes verified by sha256 first
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    dumps: Callable[[object], bytes]
+    loads: Callable[[bytes], object]
+    slow: bool = False  # skipped for models above SLOW_FORMAT_LIMIT_BYTES
+
+
+FORMATS = (
+    Format(CURRENT, registry_module.serialize_model, registry_module.deserialize_model),
+    Format("joblib", _joblib_dumps(0), _joblib_loads),
+    Format("joblib zlib 1", _joblib_dumps(("zlib", 1)), _joblib_loads),
+    Format("joblib zlib 3", _joblib_dumps(("zlib", 3)), _joblib_loads),
+    Format("pickle + zlib 1", _pickled(lambda b: zlib.compress(b, 1)), _unpickled(zlib.decompress)),
+    Format("pickle + zlib 6", _pickled(lambda b: zlib.compress(b, 6)), _unpickled(zlib.decompress)),
+    Format("pickle + gzip 6", _pickled(lambda b: gzip.compress(b, 6, mtime=0)),
+           _unpickled(gzip.decompress)),
+    Format("pickle + lzma 1", _pickled(lambda b: lzma.compress(b, preset=1)),
+           _unpickled(lzma.decompress)),
+    Format("pickle + lzma 6", _pickled(lambda b: lzma.compress(b, preset=6)),
+           _unpickled(lzma.decompress), slow=True),
+)
+
+
+def fit_model(model_type: str, days: int) -> Any:
+    frame = simulate_readings("sizer", start=bs.CUTOFF - timedelta(days=days), end=bs.CUTOFF,
+                              interval_minutes=1, seed=3)
+    features = build_feature_frame(frame, horizon_minutes=HORIZON, timezone="Asia/Colombo")
+    # One OpenMP thread: fit speed is not measured here, and two threads on a busy machine
+    # can make gradient boosting 10-40x slower (see RESULTS.md).
+    with threadpool_limits(1, user_api="openmp"):
+        model, _ = train_and_evaluate(features, model_type=model_type, horizon_minutes=HORIZON,
+                                      feature_set="original")
+    return model
+
+
+@dataclass
+class Stored:
+    size: int
+    save_s: float
+    load_s: float
+
+
+def store_and_load(registry: ModelRegistry, device_id: str, model: Any, fmt: Format,
+                   load_repeats: int) -> Stored:
+    """Save one version in `fmt`, point at it, load it through the serving loader."""
+    registry_module.serialize_model = fmt.dumps
+    registry_module.deserialize_model = fmt.loads
+    try:
+        version = registry.new_version_id(datetime.now(UTC))
+        with bs.Stopwatch() as save:
+            stored = registry.save_version(device_id, version, model, {"format": fmt.name})
+        registry.promote(device_id, version)
+        loads = []
+        for _ in range(load_repeats):
+            server = ModelServer(registry)
+            with bs.Stopwatch() as load:
+                served = server.load_current(device_id)
+            loads.append(load.seconds)
+        if served.model.features != model.features:
+            raise RuntimeError(f"{fmt.name} did not round-trip the model")
+    finally:
+        registry_module.serialize_model = FORMATS[0].dumps
+        registry_module.deserialize_model = FORMATS[0].loads
+    return Stored(int(stored.meta["size_bytes"]), save.seconds, statistics.median(loads))
+
+
+def kb(size: int) -> str:
+    return f"{size / 1e3:,.0f}" if size >= 10_000 else f"{size / 1e3:.1f}"
+
+
+def choose_format(results: dict[tuple[str, int], dict[str, Stored]]) -> str:
+    """The smallest total size among formats whose loads are no slower than pickle's.
+
+    "No slower": for every model larger than 1 MB, load time within 10 % (+ 20 ms for timer
+    noise) of the current pickle; formats skipped for some model are not eligible.
+    """
+    eligible = []
+    for fmt in FORMATS:
+        rows = [by_format.get(fmt.name) for by_format in results.values()]
+        if any(row is None for row in rows):
+            continue
+        slower = any(
+            row.load_s > 1.10 * by_format[CURRENT].load_s + 0.020
+            for row, by_format in zip(rows, results.values(), strict=True)
+            if by_format[CURRENT].size > 1e6
+        )
+        if not slower:
+            eligible.append((sum(row.size for row in rows), fmt.name))
+    return min(eligible)[1] if eligible else CURRENT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, nargs="+", default=[7, 30])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_TYPES), choices=MODEL_TYPES)
+    parser.add_argument("--load-repeats", type=int, default=3)
+    parser.add_argument("--keep-versions", type=int, default=30,
+                        help="KEEP_VERSIONS for the fleet storage estimate (project default 30)")
+    args = parser.parse_args(argv)
+    bs.quiet_warnings()
+
+    print(bs.header("Model size: bytes per stored version and load time through the serving loader"))
+    results: dict[tuple[str, int], dict[str, Stored]] = {}
+    with bs.bench_home("models") as home:
+        registry = ModelRegistry(Path(home) / "ml_models")
+        for model_type in args.models:
+            for days in args.days:
+                model = fit_model(model_type, days)
+                device_id = f"{model_type.replace('_', '-')}-{days}d"
+                pickled = len(registry_module.serialize_model(model))
+                results[(model_type, days)] = {
+                    fmt.name: store_and_load(registry, device_id, model, fmt, args.load_repeats)
+                    for fmt in FORMATS
+                    if not (fmt.slow and pickled > SLOW_FORMAT_LIMIT_BYTES)
+                }
+
+    print(f"\nSize in kB (10^3 bytes) of one version file; load = median of {args.load_repeats} "
+          "loads through ModelServer.load_current (file in the page cache, as right after "
+          "training); save = registry.save_version.\n")
+    rows = []
+    for (model_type, days), by_format in results.items():
+        base = by_format[CURRENT]
+        for fmt in FORMATS:
+            row = by_format.get(fmt.name)
+            if row is None:
+                rows.append([model_type, days, fmt.name, "skipped (too slow to write)", "", "", ""])
+                continue
+            rows.append([model_type, days, fmt.name, kb(row.size),
+                         f"{base.size / row.size:.1f}x", f"{row.save_s:.3f}", f"{row.load_s:.3f}"])
+    print(bs.markdown_table(["model", "days", "format", "kB", "smaller by", "save s", "load s"], rows))
+
+    chosen = choose_format(results)
+    print(f"\nSmallest format whose loads are no slower than the current pickle: **{chosen}**.\n")
+    fleet_rows = []
+    for (model_type, days), by_format in results.items():
+        for name in dict.fromkeys((CURRENT, chosen)):
+            size = by_format[name].size
+            steady = FLEET_DEVICES * args.keep_versions * size
+            year = FLEET_DEVICES * 365 * size
+            fleet_rows.append([model_type, days, name, kb(size), f"{steady / 1e9:,.1f}",
+                               f"{year / 1e9:,.1f}"])
+    print(f"Fleet storage, {FLEET_DEVICES} devices, one retrain a day:\n")
+    print(bs.markdown_table(
+        ["model", "days", "format", "kB per version",
+         f"GB kept (KEEP_VERSIONS={args.keep_versions}, pruned)", "GB per year unpruned"],
+        fleet_rows))
+    default = results.get(("random_forest", min(args.days))) or next(iter(results.values()))
+    factor = default[CURRENT].size / default[chosen].size
+    print("\n" + bs.ratio_line(
+        "model_size",
+        f"{chosen} vs pickle for the default model: {factor:.1f}x smaller "
+        f"({kb(default[chosen].size)} vs {kb(default[CURRENT].size)} kB per version), load "
+        f"{default[chosen].load_s:.3f} vs {default[CURRENT].load_s:.3f} s"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
