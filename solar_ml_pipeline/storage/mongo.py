@@ -29,6 +29,7 @@ from pymongo.errors import (
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.storage.base import READING_FIELDS, SITE_FIELDS, RunPage, StoreUnavailable
 from solar_ml_pipeline.storage.records import (
+    check_page,
     chunks,
     empty_readings_frame,
     lenient_float,
@@ -307,8 +308,7 @@ class MongoStore:
         limit: int = 20,
         skip: int = 0,
     ) -> RunPage:
-        if limit < 0 or skip < 0:
-            raise ValueError(f"limit and skip must be 0 or more, got limit={limit} skip={skip}")
+        check_page(limit, skip)
         query: dict[str, Any] = {}
         if device_id is not None:
             query["device_id"] = device_id

@@ -238,3 +238,9 @@ def site_from_storage(stored: Mapping[str, Any]) -> dict[str, Any]:
     for name in SITE_FIELDS:
         record[name] = stored.get(name)
     return record
+
+
+def check_page(limit: int, skip: int) -> None:
+    """Both backends refuse the same out-of-range pages with the same message."""
+    if limit < 0 or skip < 0:
+        raise ValueError(f"limit and skip must be 0 or more, got limit={limit} skip={skip}")

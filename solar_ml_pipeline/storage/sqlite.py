@@ -32,6 +32,7 @@ from solar_ml_pipeline.storage.base import (
     StoreUnavailable,
 )
 from solar_ml_pipeline.storage.records import (
+    check_page,
     chunks,
     empty_readings_frame,
     normalize_readings,
@@ -302,8 +303,7 @@ class SqliteStore:
         limit: int = 20,
         skip: int = 0,
     ) -> RunPage:
-        if limit < 0 or skip < 0:
-            raise ValueError(f"limit and skip must be 0 or more, got limit={limit} skip={skip}")
+        check_page(limit, skip)
         conditions: list[str] = []
         params: list[Any] = []
         if device_id is not None:
