@@ -327,3 +327,18 @@ def test_a_model_pickled_before_targets_existed_still_forecasts_power():
 
 def test_gradient_boosting_fits_the_absolute_error_that_gates_judge():
     assert make_estimator("hist_gradient_boosting").loss == "absolute_error"
+
+
+def test_boosting_still_learns_when_most_of_the_window_is_dark_night():
+    # 16 dark hours a day: the median target is exactly 0, where an absolute-error fit on
+    # every row collapses to forecasting 0 for every row.
+    minutes = np.arange(0, 3 * 1440, 5.0)
+    readings = synthetic_readings(minutes)
+    local_hour = (minutes / 60 + 5.5) % 24
+    readings.loc[(local_hour < 9) | (local_hour >= 17), ["power", "current"]] = 0.0
+    built = build_feature_frame(readings, horizon_minutes=15, timezone="Asia/Colombo")
+    assert (built.frame[TARGET] == 0).mean() > 0.6
+    model, evaluation = train_and_evaluate(built, model_type="hist_gradient_boosting",
+                                           horizon_minutes=15, feature_set="original")
+    assert model.predict(built.frame).max() > 0.5 * built.frame[TARGET].max()
+    assert evaluation.r2 > 0.5
