@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -44,14 +45,48 @@ def dagster_yaml_text(settings: Settings) -> str:
     return DAGSTER_YAML.format(max_runs=settings.max_concurrent_runs)
 
 
+# Written once the instance's storage exists; its absence sends a process through the lock.
+INITIALISED_MARKER = ".solar_ml_initialised"
+INIT_LOCK = ".solar_ml_init.lock"
+
+
 def ensure_dagster_home(settings: Settings) -> Path:
-    """Create DAGSTER_HOME with the template dagster.yaml if absent and export it."""
+    """Create DAGSTER_HOME with the template dagster.yaml if absent, export it, and create
+    the instance's storage once."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        tmp = config.with_suffix(".yaml.tmp")
+        tmp = config.with_suffix(f".yaml.tmp{os.getpid()}")
         tmp.write_text(dagster_yaml_text(settings))
         os.replace(tmp, config)
     os.environ["DAGSTER_HOME"] = str(home)
+    initialise_storage_once(home)
     return home
+
+
+def initialise_storage_once(home: Path) -> None:
+    """Create the instance's SQLite schemas in one process at a time.
+
+    Dagster creates and stamps them on first open without a lock, so processes opening a new
+    DAGSTER_HOME together (cron retrains of several devices on a fresh install) fail, and can
+    leave the instance unusable ("more than one head present" on every later open).
+    """
+    marker = home / INITIALISED_MARKER
+    if marker.exists():
+        return
+    import dagster as dg
+
+    with open(home / INIT_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if marker.exists():
+            return
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.get_runs(limit=1)
+            instance.get_dynamic_partitions("device")
+            instance.schedule_storage.all_instigator_state()  # type: ignore[union-attr]
+            instance.event_log_storage.get_event_records(
+                dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION),
+                limit=1,
+            )
+        marker.write_text("the Dagster instance storage here is initialised\n")
