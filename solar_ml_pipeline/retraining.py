@@ -55,6 +55,21 @@ def run_tags(request: RetrainRequest, trigger: str) -> dict[str, str]:
             "solar/trigger": trigger}
 
 
+def add_device_partition(instance: dg.DagsterInstance, device_id: str) -> None:
+    """Add the device's partition; another process adding it at the same moment is no error.
+
+    Dagster's SQLite storage checks then inserts, so two retrains of a new device started
+    together can both insert: the loser's unique-key error is harmless once the key exists.
+    """
+    if instance.has_dynamic_partition(DEVICE_DIMENSION, device_id):
+        return
+    try:
+        instance.add_dynamic_partitions(DEVICE_DIMENSION, [device_id])
+    except Exception:
+        if not instance.has_dynamic_partition(DEVICE_DIMENSION, device_id):
+            raise
+
+
 def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbose: bool = False,
                           trigger: str = "cli") -> str:
     """Run the retrain job for one partition in this process; returns the Dagster run id.
@@ -67,7 +82,7 @@ def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbos
     defs = build_definitions(settings)
     job = defs.resolve_job_def(RETRAIN_JOB)
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(DEVICE_DIMENSION, [request.device_id])
+        add_device_partition(instance, request.device_id)
         result = job.execute_in_process(
             run_config=run_config_for(request, verbose),
             instance=instance,
