@@ -360,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         section(simulated_fleet(args.sim_devices, args.sim_start, periods),
                 simulated_recipes(args.quick))
     print("\n".join(["### Clear-sky shape on a real one-axis tracker", "",
-                      *clear_sky_shape_fit()]), "\n", flush=True)
+                      *clear_sky_shape_fit(), ""]), flush=True)
 
     months = [(args.real_start, real)] + ([(args.second_start, second)] if second else [])
     for start, outcomes in months:
         best = max((r for r in outcomes if outcomes[r].actual),
                    key=lambda r: outcomes[r].skill())
-        print(f"real data, 30 periods from {start}: defaults ({DEFAULT_RECIPE.label}) "
+        print(f"real data, {periods} periods from {start}: defaults ({DEFAULT_RECIPE.label}) "
               f"{outcomes[DEFAULT_RECIPE].skill():+.1%}, original recipe "
               f"({ORIGINAL_RECIPE.label}) {outcomes[ORIGINAL_RECIPE].skill():+.1%} "
               f"(all hours {outcomes[ORIGINAL_RECIPE].skill(daylight_only=False):+.1%}), "
