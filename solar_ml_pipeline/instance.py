@@ -20,11 +20,15 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
-# A run whose worker dies (daemon restart, OOM kill) is marked failed instead of hanging.
+# A run whose worker dies is marked failed instead of hanging: by its code server at once
+# (OOM kill), or, when the code server died with it (host or `dagster dev` restart), after
+# max_runtime_seconds: the default run launcher cannot ask a dead worker how it is, and a
+# run left "started" would hold its device's queue slot for good.
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
   cancel_timeout_seconds: 180
+  max_runtime_seconds: 3600
   max_resume_run_attempts: 0
   poll_interval_seconds: 30
 # Old tick history is purged; run records and their logs are kept.
