@@ -173,7 +173,8 @@ def test_a_run_whose_worker_dies_mid_run_is_marked_failed_with_a_failed_record_a
         timeout_s=300)
     assert discovery, f"the discovery runs did not finish:\n{dagster_dev.log_tail()}"
     registry = ModelRegistry(settings.model_dir)
-    pointer_before = registry.pointer_path("tracker01").read_bytes()
+    pointer = registry.pointer_path("tracker01")
+    pointer_before = pointer.read_bytes() if pointer.exists() else None  # the gate may refuse
 
     period = period_key_at(settings, dagster_dev.started_at - timedelta(days=2))
     run_id = api.launch_run(RETRAIN_JOB, {
@@ -193,7 +194,7 @@ def test_a_run_whose_worker_dies_mid_run_is_marked_failed_with_a_failed_record_a
         assert record is not None and record["status"] == "failed", record
         assert record["error"] == alert["error"] and "\n" not in record["error"]
         assert (record["device_id"], record["period"]) == ("tracker01", period)
-        assert registry.pointer_path("tracker01").read_bytes() == pointer_before
+        assert (pointer.read_bytes() if pointer.exists() else None) == pointer_before
         audit_model_store(registry, store, "tracker01")
     finally:
         store.close()

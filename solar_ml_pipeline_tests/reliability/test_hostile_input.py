@@ -35,7 +35,7 @@ from solar_ml_pipeline.importer import (
 )
 from solar_ml_pipeline.partitions import training_window
 from solar_ml_pipeline.readings import clean_readings
-from solar_ml_pipeline.simulator import DEFAULT_SITE
+from solar_ml_pipeline.simulator import DEFAULT_SITE, site_for_device
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START
 from solar_ml_pipeline_tests.reliability.conftest import DAYS
@@ -83,7 +83,7 @@ CSV_ROWS = (b"device_id,timestamp,power,temperature\n"
             b"tracker01,2026-03-01T06:02:00Z,-3,NaN\n")
 
 
-@pytest.mark.parametrize("name, content, fragment", [
+BROKEN_FILES = [
     ("no-header.csv", b"tracker01,2026-03-01T06:00:00Z,12.5\n", "not a CSV header"),
     ("not-objects.jsonl", b"\"text\"\n[1, 2]\n", "line 1 is not a JSON object"),
     # the suggested conversion must not redirect onto the file itself (the shell empties it)
@@ -93,7 +93,11 @@ CSV_ROWS = (b"device_id,timestamp,power,temperature\n"
     ("ten-mb-line.jsonl", b'{"junk": "' + b"x" * TEN_MB + b'"}\n' + jsonl(row(0)),
      "longer than"),
     ("missing.jsonl", None, "no such file"),
-], ids=lambda value: value if isinstance(value, str) and "." in value else "")
+]
+
+
+@pytest.mark.parametrize("name, content, fragment", BROKEN_FILES,
+                         ids=[case[0] for case in BROKEN_FILES])
 def test_a_broken_file_fails_the_import_command_with_exit_2_one_line_and_nothing_written(
     env_for_subprocess, settings, tmp_path, name, content, fragment
 ):
@@ -331,6 +335,7 @@ def test_a_retrain_trains_on_exactly_its_window_whatever_lies_after_the_cutoff(
     assert record["window_end"] == iso(window.end) == iso(PERIOD_START)
     clean, _ = clean_readings(store.read_window(device_with_readings, window.start, window.end))
     expected = build_feature_frame(clean, horizon_minutes=settings.horizon_minutes,
-                                   timezone=settings.timezone, feature_set=settings.feature_set)
+                                   timezone=settings.timezone, feature_set=settings.feature_set,
+                                   site=site_for_device(store, settings, device_with_readings))
     assert record["rows_used"] == len(expected.frame)
     assert record["train_samples"] + record["test_samples"] == len(expected.frame)

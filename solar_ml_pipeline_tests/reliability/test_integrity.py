@@ -104,8 +104,7 @@ def test_a_replaced_model_file_is_refused_before_unpickling_by_the_loader_and_pr
 
     with pytest.raises(ChecksumMismatch, match="damaged or was replaced"):
         ModelServer(registry).load_current(served_device)
-    result = solar_ml({**env_for_subprocess, "PYTHONPATH": str(REPO)}, "predict", "--device",
-                      served_device)
+    result = solar_ml(env_for_subprocess, "predict", "--device", served_device)
     assert_one_line_error(result, 1, "damaged or was replaced", "rollback --device tracker01")
     code, out, _ = run_cli("model", "current", "--device", served_device)
     assert code == 0 and version in out  # reads the pointer only, never the model
