@@ -48,6 +48,8 @@ FLEET_DEVICES = 1000
 # lzma at its default preset compresses ~1-3 MB/s here: a 50 MB forest takes over a minute.
 SLOW_FORMAT_LIMIT_BYTES = 5 * 2**20
 CURRENT = "pickle (current)"
+# Always shown in the fleet table: standard-library compression, whatever the picks are.
+REFERENCE = "pickle + zlib 6"
 
 
 def _joblib_dumps(compress: Any) -> Callable[[object], bytes]:
@@ -230,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
           f"from disk stay within 2x pickle's: **{compact}**.\n")
     fleet_rows = []
     for (model_type, days), by_format in results.items():
-        for name in dict.fromkeys((CURRENT, chosen, compact)):
+        for name in dict.fromkeys((CURRENT, chosen, compact, REFERENCE)):
+            if name not in by_format:
+                continue
             size = by_format[name].size
             steady = FLEET_DEVICES * args.keep_versions * size
             year = FLEET_DEVICES * 365 * size

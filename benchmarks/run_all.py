@@ -5,7 +5,7 @@ inherited from the previous one) with this interpreter. `--write-results` also r
 command's sections of benchmarks/RESULTS.md (between `<!-- bench:NAME -->` markers), leaving
 every other section of the file as it is.
 
-    python benchmarks/run_all.py                   # everything, a few minutes on 2 idle cores
+    python benchmarks/run_all.py                   # everything: 12-25 min on 2 cores
     python benchmarks/run_all.py --quick           # smaller sizes, a smoke test
     python benchmarks/run_all.py --write-results   # and record the figures in RESULTS.md
     python benchmarks/run_all.py --only store_scale model_size
@@ -70,11 +70,12 @@ def section(name: str, output: str, arguments: list[str], seconds: float) -> str
             f"({seconds:.0f} s on this machine this time)._\n<!-- /bench:{name} -->")
 
 
-def machine_section(command: str) -> str:
+def machine_section() -> str:
     lines = "\n".join(bs.machine_lines())
     return (f"<!-- bench:machine -->\n## Machine and command\n\n{lines}\n\n"
-            f"All tables below: `{command}` from the repository root "
-            "(each benchmark also runs alone, see benchmarks/README.md). The machine is shared "
+            "All tables below: `python benchmarks/run_all.py --write-results` from the "
+            "repository root; each section ends with the command that reproduces it alone "
+            "(see benchmarks/README.md). The machine is shared "
             "with other engineers' test runs: the load average is printed beside every table; "
             "with load above the core count, wall times stretch and the CPU-time figures are "
             "the steadier comparison.\n<!-- /bench:machine -->")
@@ -87,10 +88,10 @@ def replace_section(text: str, name: str, new: str) -> str:
     return text.rstrip() + "\n\n" + new + "\n"
 
 
-def write_results(sections: dict[str, str], command: str) -> None:
+def write_results(sections: dict[str, str]) -> None:
     """Re-read the file just before writing: another engineer edits its other sections."""
     text = RESULTS.read_text() if RESULTS.exists() else TITLE + "\n"
-    text = replace_section(text, "machine", machine_section(command))
+    text = replace_section(text, "machine", machine_section())
     for name, new in sections.items():
         text = replace_section(text, name, new)
     temp = RESULTS.with_suffix(".md.tmp")
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n" + "\n".join(ratios))
     if args.write_results:
-        command = " ".join(["python", "benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
-        write_results(sections, command)
+        write_results(sections)
         print(f"\nwrote {RESULTS.relative_to(bs.REPO_ROOT)}")
     return 1 if failed else 0
 
