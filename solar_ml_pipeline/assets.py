@@ -29,12 +29,14 @@ from solar_ml_pipeline.partitions import retrain_partitions
 from solar_ml_pipeline.registry import ModelCandidate, ModelStoreError
 from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
 from solar_ml_pipeline.run_records import (
+    EXTRA_METRIC_FIELDS,
     STATUS_SUCCESS,
     base_record,
     failed_fields,
     one_line,
     utc_now,
 )
+from solar_ml_pipeline.simulator import site_for_device
 
 GROUP = "retraining"
 OWNERS = ["team:solar-ml"]
@@ -173,12 +175,14 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def feature_frame(context: dg.AssetExecutionContext, raw_readings: pd.DataFrame,
                       store: StoreResource, policy: RetrainPolicy) -> dg.Output:
         with _recorded_attempt(context, settings, store):
+            device_id, _ = partition_parts(context)
             built = features.build_feature_frame(
                 raw_readings,
                 horizon_minutes=policy.horizon_minutes,
                 timezone=policy.timezone,
                 feature_set=policy.feature_set,
                 with_target=True,
+                site=site_for_device(store.open(), settings, device_id),
             )
             return dg.Output(
                 built,
@@ -332,8 +336,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
     metrics = meta["metrics"]
     _, test = training.split_time_ordered(feature_frame.frame)
     cutoff = datetime.fromisoformat(meta["cutoff"].replace("Z", "+00:00"))
-    challenger = promotion.Contender(version=stored.version, mae=float(metrics["mae"]),
-                                     cutoff=cutoff)
+    challenger = promotion.daylight_gate_contender(stored.version, metrics, cutoff)
     with registry.device_lock(device_id):
         pointer = registry.read_pointer(device_id)
         champion = None
@@ -355,7 +358,9 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
                 champion_note = str(exc)
             champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
                                            cutoff=champion_cutoff)
-        decision = promotion.decide_promotion(challenger, champion, policy.mae_threshold_percent)
+        decision = promotion.decide_promotion(
+            challenger, champion, policy.mae_threshold_percent,
+            require_beat_persistence=policy.require_beat_persistence)
         reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
         record = base_record(
             run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
@@ -368,6 +373,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
             train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
             persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
+            **{name: metrics.get(name) for name in EXTRA_METRIC_FIELDS},
             features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
             version=stored.version, status=STATUS_SUCCESS, error=None,
             promoted=decision.promoted, decision_reason=one_line(reason), decision_rule=decision.rule,

@@ -272,16 +272,20 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
-    header = f"{'device':<12} {'period':<11} {'version':<23} {'MAE':>8} {'skill':>7}  decision"
+    header = (f"{'device':<12} {'period':<11} {'version':<23} {'MAE':>8} {'skill':>7} "
+              f"{'daylight':>8}  decision")
     lines = [header, "-" * len(header)]
     for r in rows:
         if r.get("status") != "success":
             lines.append(f"{r['device_id']:<12} {str(r.get('period')):<11} FAILED: {r.get('error')}")
             continue
-        decision = "promoted" if r["promoted"] else "kept current"
+        decision = "promoted" if r["promoted"] else f"not promoted ({r.get('decision_rule')})"
+        daylight = r.get("daylight_skill")
+        shown = f"{daylight:>+8.3f}" if isinstance(daylight, float) else f"{'-':>8}"
         lines.append(f"{r['device_id']:<12} {r['period']:<11} {r['version']:<23} "
-                     f"{r['mae']:>8.3f} {r['skill']:>+7.3f}  {decision}")
+                     f"{r['mae']:>8.3f} {r['skill']:>+7.3f} {shown}  {decision}")
     lines.append("")
+    lines.append("skill = 1 - MAE / persistence MAE on the test window (all hours; daylight: sun above 5 deg)")
     lines.append(f"store: {settings.backend}; models: {settings.model_dir}; "
                  f"Dagster instance: {settings.dagster_home}")
     lines.append("open the UI: solar-ml ui   (or: dagster dev -m solar_ml_pipeline.definitions)")
@@ -328,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate a demo fleet if the store is empty, retrain every device")
     p.add_argument("--devices", type=positive_int, default=3)
-    p.add_argument("--days", type=float, default=14.0)
+    p.add_argument("--days", type=float, default=31.0)
     add_json_flag(p)
     p.set_defaults(handler=cmd_demo)
 

@@ -53,15 +53,16 @@ class Settings:
     model_dir: Path = field(default_factory=lambda: Path(".solar_ml/ml_models").absolute())
     dagster_home: Path = field(default_factory=lambda: Path(".solar_ml/dagster_home").absolute())
     retrain_enabled: bool = True
-    retrain_days: int = 7
+    retrain_days: int = 30
     retrain_interval_hours: int = 24
     retrain_time: str = "18:30"
     timezone: str = "Asia/Colombo"
     periods_start: date = date(2026, 1, 1)
     mae_threshold_percent: float = 10.0
+    require_beat_persistence: bool = True
     horizon_minutes: int = 15
-    model_type: str = "random_forest"
-    feature_set: str = "original"
+    model_type: str = "hist_gradient_boosting"
+    feature_set: str = "solar"
     min_training_rows: int = 100
     keep_versions: int = 30
     site_latitude: float = 6.9271
@@ -231,17 +232,18 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         model_dir=_path(env, "MODEL_DIR", home / "ml_models"),
         dagster_home=_path(env, "DAGSTER_HOME", home / "dagster_home"),
         retrain_enabled=_bool(env, "RETRAIN_ENABLED", True),
-        retrain_days=_int(env, "RETRAIN_DAYS", 7, 1, "a whole number of days, at least 1"),
+        retrain_days=_int(env, "RETRAIN_DAYS", 30, 1, "a whole number of days, at least 1"),
         retrain_interval_hours=_interval(env),
         retrain_time=_retrain_time(env),
         timezone=_timezone(env),
         periods_start=_periods_start(env),
+        require_beat_persistence=_bool(env, "REQUIRE_BEAT_PERSISTENCE", True),
         mae_threshold_percent=_float(
             env, "MAE_THRESHOLD_PERCENT", 10.0, "a percentage of 0 or more, e.g. 10.0", minimum=0.0
         ),
         horizon_minutes=_int(env, "HORIZON_MINUTES", 15, 1, "whole minutes, at least 1"),
-        model_type=_choice(env, "MODEL_TYPE", "random_forest", MODEL_TYPES),
-        feature_set=_choice(env, "FEATURE_SET", "original", FEATURE_SETS),
+        model_type=_choice(env, "MODEL_TYPE", "hist_gradient_boosting", MODEL_TYPES),
+        feature_set=_choice(env, "FEATURE_SET", "solar", FEATURE_SETS),
         min_training_rows=_int(env, "MIN_TRAINING_ROWS", 100, 1, "a whole number, at least 1"),
         keep_versions=_int(env, "KEEP_VERSIONS", 30, 1, "a whole number, at least 1"),
         site_latitude=_float(env, "SITE_LATITUDE", 6.9271, "degrees from -90 to 90", -90, 90),

@@ -74,12 +74,13 @@ class ModelStoreResource(dg.ConfigurableResource):
 class RetrainPolicy(dg.ConfigurableResource):
     """How a partition is trained and judged; the values come from Settings."""
 
-    retrain_days: int = 7
+    retrain_days: int = 30
     horizon_minutes: int = 15
-    model_type: str = "random_forest"
-    feature_set: str = "original"
+    model_type: str = "hist_gradient_boosting"
+    feature_set: str = "solar"
     min_training_rows: int = 100
     mae_threshold_percent: float = 10.0
+    require_beat_persistence: bool = True
     timezone: str = "Asia/Colombo"
     site_latitude: float = 6.9271
     site_longitude: float = 79.8612
@@ -93,6 +94,7 @@ class RetrainPolicy(dg.ConfigurableResource):
             feature_set=settings.feature_set,
             min_training_rows=settings.min_training_rows,
             mae_threshold_percent=settings.mae_threshold_percent,
+            require_beat_persistence=settings.require_beat_persistence,
             timezone=settings.timezone,
             site_latitude=settings.site_latitude,
             site_longitude=settings.site_longitude,

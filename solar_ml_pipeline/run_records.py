@@ -10,6 +10,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+# Metrics beyond the original's, recorded when the frame had a site (daylight and baselines).
+EXTRA_METRIC_FIELDS = (
+    "rmse_skill", "smart_persistence_mae", "skill_smart", "daylight_mae",
+    "daylight_persistence_mae", "daylight_skill", "daylight_skill_smart",
+)
 RUN_FIELDS = (
     # original system
     "run_id", "device_id", "trained_at", "days_used", "horizon_minutes", "rows_used",
@@ -18,7 +23,7 @@ RUN_FIELDS = (
     # this project
     "partition_key", "window_start", "window_end", "version", "model_type",
     "persistence_mae", "skill", "champion_version", "champion_mae", "decision_reason",
-    "duration_s",
+    "duration_s", *EXTRA_METRIC_FIELDS,
 )
 STATUS_SUCCESS = "success"
 STATUS_FAILED = "failed"

@@ -16,7 +16,7 @@ CONFIG_VARIABLES = (
     "RETRAIN_DAYS", "RETRAIN_INTERVAL_HOURS", "RETRAIN_TIME", "TIMEZONE", "PERIODS_START",
     "MAE_THRESHOLD_PERCENT", "HORIZON_MINUTES", "MODEL_TYPE", "FEATURE_SET",
     "MIN_TRAINING_ROWS", "KEEP_VERSIONS", "SITE_LATITUDE", "SITE_LONGITUDE", "API_TOKEN",
-    "ALERT_WEBHOOK_URL", "DAGSTER_WEBSERVER_URL", "MAX_CONCURRENT_RUNS", "MONGODB_TIMEOUT_MS",
+    "ALERT_WEBHOOK_URL", "DAGSTER_WEBSERVER_URL", "REQUIRE_BEAT_PERSISTENCE", "MAX_CONCURRENT_RUNS", "MONGODB_TIMEOUT_MS",
 )
 
 # A period whose 7-day window the `trained_device` fixtures fill with simulated readings.
@@ -37,11 +37,16 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> Iter
 
 @pytest.fixture
 def test_env(tmp_path) -> dict[str, str]:
-    """Environment of a project home in tmp_path with a fast model (tests, not benchmarks)."""
+    """Environment of a project home in tmp_path with a fast model (tests, not benchmarks).
+
+    The persistence gate is off so promotion mechanics do not hinge on how well a model does on
+    a few simulated days; test_assets proves the gate with it on.
+    """
     return {
         "SOLAR_ML_HOME": str(tmp_path / "home"),
         "MODEL_TYPE": "hist_gradient_boosting",
         "PERIODS_START": "2026-01-01",
+        "REQUIRE_BEAT_PERSISTENCE": "false",
     }
 
 

@@ -96,8 +96,8 @@ def test_backfill_of_an_older_period_is_recorded_but_leaves_the_pointer(settings
 def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, device_with_data):
     record = store.get_run(_retrain(settings, device_with_data))
     assert record["window_end"].isoformat().startswith("2026-03-10T13:00")
-    # simulate_into writes a day beyond the cutoff; rows_used counts only the 7-day window
-    assert record["rows_used"] <= 7 * 24 * 60
+    # simulate_into writes 10 days before the cutoff and one after; only the 10 are used
+    assert record["rows_used"] <= 10 * 24 * 60
 
 
 def _check_evaluations(run_id):
@@ -129,3 +129,14 @@ def test_stale_readings_train_but_fail_the_freshness_warning(settings, store):
     checks = _check_evaluations(run_id)
     assert checks["fresh_readings"].passed is False
     assert checks["fresh_readings"].severity == dg.AssetCheckSeverity.WARN
+
+
+def test_gate_promotes_only_a_model_that_beats_persistence_in_daylight(settings, store, device_with_data):
+    gated = settings.with_overrides(require_beat_persistence=True)
+    record = store.get_run(_retrain(gated, device_with_data))
+    assert record["status"] == "success"
+    assert isinstance(record["daylight_mae"], float)
+    beats = record["daylight_mae"] < record["daylight_persistence_mae"]
+    assert record["promoted"] is beats
+    pointer = settings.model_dir / device_with_data / "current_model.json"
+    assert pointer.exists() is beats

@@ -316,7 +316,7 @@ def test_dry_run_counts_the_window_and_writes_nothing(settings, store):
     window = training_window(settings, "t1", PERIOD)
     expected_rows = len(store.read_window("t1", window.start, window.end))
     assert plan["ready"] is True and plan["problem"] is None
-    assert (plan["rows"], plan["period"], plan["days"]) == (expected_rows, PERIOD, 7)
+    assert (plan["rows"], plan["period"], plan["days"]) == (expected_rows, PERIOD, settings.retrain_days)
     assert plan["window_end"] == "2026-03-10T13:00:00Z" and plan["current_version"] is None
     assert not settings.dagster_home.exists() and not settings.model_dir.exists()
     assert store.list_runs().total == 0

@@ -35,7 +35,7 @@ def test_period_at_a_time_is_the_one_that_began_at_or_before_it():
 def test_training_window_ends_at_the_period_start_and_spans_retrain_days():
     window = training_window(DEFAULTS, "t1", "2026-02-24")
     assert window.end == colombo(2026, 2, 24, 18, 30)
-    assert window.end - window.start == timedelta(days=7)
+    assert window.end - window.start == timedelta(days=DEFAULTS.retrain_days)
     assert training_window(DEFAULTS, "t1", "2026-02-24", days=3).days == 3
 
 
