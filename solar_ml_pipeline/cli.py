@@ -32,6 +32,7 @@ from solar_ml_pipeline.config import (
     ConfigError,
     InvalidDeviceId,
     Settings,
+    is_valid_device_id,
     load_settings,
     validate_device_id,
 )
@@ -250,8 +251,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     rows = []
     try:
         store.ping()
-        devices = store.list_devices()
-        if not devices:
+        found = store.list_devices()
+        devices = [d for d in found if is_valid_device_id(d)]
+        for skipped in sorted(set(found) - set(devices)):
+            print(f"solar-ml: warning: skipped invalid device id {skipped!r:.70} in the store",
+                  file=sys.stderr)
+        if not found:
             devices = list(DEMO_DEVICES[: args.devices])
             for seed, device_id in enumerate(devices):
                 simulate_device(store, device_id, days=args.days, interval_minutes=1, seed=seed,

@@ -339,8 +339,8 @@ def queue_retrain(settings: Settings, store: Store, request: Any, *,
 
     from solar_ml_pipeline.instance import ensure_dagster_home
     from solar_ml_pipeline.jobs import RETRAIN_JOB
-    from solar_ml_pipeline.partitions import DEVICE_DIMENSION, partition_key, retrain_partitions
-    from solar_ml_pipeline.retraining import run_config_for, run_tags
+    from solar_ml_pipeline.partitions import partition_key, retrain_partitions
+    from solar_ml_pipeline.retraining import add_device_partition, run_config_for, run_tags
 
     store.ping()
     ensure_dagster_home(settings)
@@ -352,7 +352,7 @@ def queue_retrain(settings: Settings, store: Store, request: Any, *,
     key = partition_key(request.device_id, request.period_key)
     run_config = run_config_for(request, verbose=True)  # the daemon's run keeps full logs
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(DEVICE_DIMENSION, [request.device_id])
+        add_device_partition(instance, request.device_id)
         with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context:
             workspace = context.create_request_context()
             location = workspace.get_code_location(CODE_LOCATION)

@@ -6,6 +6,7 @@ instance, so they show in the UI beside scheduled ones.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,17 +71,22 @@ def add_device_partition(instance: dg.DagsterInstance, device_id: str) -> None:
             raise
 
 
+@functools.lru_cache(maxsize=4)
+def _retrain_job(settings: Settings) -> dg.JobDefinition:
+    """Built once per process and settings: the demo, the API and benchmarks retrain many times."""
+    from solar_ml_pipeline.definitions import build_definitions
+
+    return build_definitions(settings).resolve_job_def(RETRAIN_JOB)
+
+
 def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbose: bool = False,
                           trigger: str = "cli") -> str:
     """Run the retrain job for one partition in this process; returns the Dagster run id.
 
     The outcome (success or failure) is in the run log under that id.
     """
-    from solar_ml_pipeline.definitions import build_definitions
-
     ensure_dagster_home(settings)
-    defs = build_definitions(settings)
-    job = defs.resolve_job_def(RETRAIN_JOB)
+    job = _retrain_job(settings)
     with dg.DagsterInstance.get() as instance:
         add_device_partition(instance, request.device_id)
         result = job.execute_in_process(
