@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -44,13 +45,17 @@ def test_first_retrain_stores_a_verified_version_promotes_it_and_logs_success(se
     assert meta["features"] == record["features"]
 
 
-def test_materialisation_metadata_carries_float_metrics_for_the_ui(settings, store, device_with_data):
-    run_id = _retrain(settings, device_with_data)
+def _materialisation_metadata(run_id):
     with dg.DagsterInstance.get() as instance:
         events = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-        by_asset = {e.event_log_entry.dagster_event.asset_key.to_user_string():
-                    e.event_log_entry.dagster_event.step_materialization_data.materialization.metadata
-                    for e in events}
+        return {e.event_log_entry.dagster_event.asset_key.to_user_string():
+                e.event_log_entry.dagster_event.step_materialization_data.materialization.metadata
+                for e in events}
+
+
+def test_materialisation_metadata_carries_float_metrics_for_the_ui(settings, store, device_with_data):
+    run_id = _retrain(settings, device_with_data)
+    by_asset = _materialisation_metadata(run_id)
     assert set(by_asset) == {"raw_readings", "feature_frame", "model_version", "promotion_decision"}
     model_meta = by_asset["model_version"]
     for name in ("mae", "rmse", "r2", "persistence_mae", "skill"):
@@ -94,10 +99,17 @@ def test_backfill_of_an_older_period_is_recorded_but_leaves_the_pointer(settings
 
 
 def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, device_with_data):
-    record = store.get_run(_retrain(settings, device_with_data))
+    run_id = _retrain(settings, device_with_data)
+    record = store.get_run(run_id)
     assert record["window_end"].isoformat().startswith("2026-03-10T13:00")
-    # simulate_into writes 10 days before the cutoff and one after; only the 10 are used
-    assert record["rows_used"] <= 10 * 24 * 60
+    # simulate_into also writes a day after the cutoff: exactly the window's readings are used
+    in_window = store.read_window(device_with_data, record["window_start"], record["window_end"])
+    after = store.read_window(device_with_data, record["window_end"],
+                              record["window_end"] + timedelta(days=2))
+    assert len(after) > 0
+    raw_rows = _materialisation_metadata(run_id)["raw_readings"]["rows"].value
+    assert raw_rows == len(in_window)
+    assert record["rows_used"] <= raw_rows
 
 
 def _check_evaluations(run_id):

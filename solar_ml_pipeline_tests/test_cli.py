@@ -327,3 +327,24 @@ def test_api_command_serves_on_loopback_by_default(home):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
+
+
+def test_demo_skips_invalid_device_ids_in_the_store_and_trains_the_valid_ones(
+        test_env, monkeypatch, capsys):
+    import sqlite3
+
+    for name, value in test_env.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_from_env(test_env)
+    store = open_store(settings)
+    simulate_into(store, "tracker01", end=utc_now(), days=3)
+    store.close()
+    with sqlite3.connect(settings.sqlite_path) as conn:  # written by another system
+        conn.execute("INSERT INTO readings_raw (device_id, timestamp, power) VALUES (?, ?, ?)",
+                     ("../x", 1_772_344_800_000_000, 10.0))
+    code = cli.main(["demo", "--json"])
+    captured = capsys.readouterr()
+    runs = json.loads(captured.out)["runs"]
+    assert [r["device_id"] for r in runs] == ["tracker01"]
+    assert code == (0 if runs[0]["status"] == "success" else 1)
+    assert "skipped invalid device id '../x'" in captured.err

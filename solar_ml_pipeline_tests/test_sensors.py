@@ -45,4 +45,5 @@ def test_sensor_skips_when_every_device_is_known(settings, store):
         context = dg.build_sensor_context(instance=instance,
                                           resources={"store": StoreResource.from_settings(settings)})
         result = sensor(context)
-        assert isinstance(result, dg.SkipReason) or not getattr(result, "run_requests", None)
+        assert isinstance(result, dg.SkipReason)
+        assert "no new devices" in result.skip_message
