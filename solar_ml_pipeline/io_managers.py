@@ -1,7 +1,9 @@
 """The IO manager that stores `model_version` outputs as immutable versions in the model store.
 
 Storing never moves the pointer: only promotion does. Loading hands the downstream step the
-version this run produced (sha256-verified), so promotion judges exactly what was trained.
+version this run produced, sha256-verified but not unpickled: promotion judges it by its
+stored metrics, so reading a forest of tens of MB back into memory would buy nothing (a step
+that needs the estimator loads it with `registry.load_model(..., expected_sha256=...)`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def _source_run_id(context: dg.InputContext) -> str | None:
 
 
 class VersionedModelIOManager(dg.ConfigurableIOManager):
-    """Each output becomes a new version under MODEL_DIR; inputs load the run's own version."""
+    """Each output becomes a new version under MODEL_DIR; inputs get the run's own version
+    (a StoredVersion whose `model` is None)."""
 
     model_dir: str
 
@@ -107,4 +110,8 @@ class VersionedModelIOManager(dg.ConfigurableIOManager):
                 f"no version of {partition_key} from run {run_id}; using the newest, "
                 f"{chosen['version']}"
             )
-        return registry.load_version(device, chosen["version"])
+        meta = registry.verify_version(device, chosen["version"])
+        return StoredVersion(
+            device, chosen["version"], registry.model_path(device, chosen["version"]),
+            registry.metadata_path(device, chosen["version"]), meta["sha256"], meta,
+        )

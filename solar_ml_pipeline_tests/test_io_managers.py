@@ -1,4 +1,5 @@
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -29,7 +30,8 @@ def model_version(context: dg.AssetExecutionContext) -> ModelCandidate:
 
 @dg.asset(partitions_def=test_partitions)
 def promotion_decision(model_version: StoredVersion) -> dict:
-    return {"version": model_version.version, "model": model_version.model}
+    return {"version": model_version.version, "unpickled": model_version.model,
+            "sha256": model_version.sha256, "model_path": model_version.model_path}
 
 
 @dg.asset(partitions_def=test_partitions, io_manager_key="model_io_manager")
@@ -65,9 +67,13 @@ def test_a_run_stores_a_version_and_downstream_loads_that_same_version(instance,
     result = _materialize(instance, tmp_path)
 
     decision = result.output_for_node("promotion_decision")
-    assert decision["model"] == {"device": DEVICE, "period": "2026-02-24", "run": result.run_id}
     [meta] = [m for m in registry.list_versions(DEVICE) if m["dagster_run_id"] == result.run_id]
     assert decision["version"] == meta["version"]
+    assert decision["sha256"] == meta["sha256"]
+    # handed over verified but not unpickled: promotion needs only the stored metrics
+    assert decision["unpickled"] is None
+    assert registry.load_model(DEVICE, decision["version"], expected_sha256=decision["sha256"]) == {
+        "device": DEVICE, "period": "2026-02-24", "run": result.run_id}
     assert meta["partition_key"] == str(PARTITION) == "tracker01|2026-02-24"
     assert registry.read_pointer(DEVICE) is None  # storing never promotes
 
@@ -87,6 +93,14 @@ def test_a_run_without_the_model_step_loads_the_partitions_newest_version(instan
 
 def test_loading_a_partition_without_versions_fails_with_the_fix(instance, tmp_path):
     with pytest.raises(Exception, match="materialize model_version for this partition first"):
+        _materialize(instance, tmp_path, selection=[promotion_decision])
+
+
+def test_a_version_whose_file_was_altered_is_refused_before_promotion_sees_it(instance, tmp_path):
+    _materialize(instance, tmp_path)
+    [meta] = ModelRegistry(tmp_path).list_versions(DEVICE)
+    Path(meta["model_path"]).write_bytes(b"not the stored model")
+    with pytest.raises(Exception, match="damaged or was replaced"):
         _materialize(instance, tmp_path, selection=[promotion_decision])
 
 
