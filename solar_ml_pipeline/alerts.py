@@ -27,6 +27,7 @@ from solar_ml_pipeline.failures import (
     DEVICE_TAG,
     PERIOD_TAG,
     days_from_run_config,
+    failure_message,
     record_failed_attempt,
 )
 from solar_ml_pipeline.resources import StoreResource
@@ -63,38 +64,6 @@ def device_and_period(tags: Mapping[str, str]) -> tuple[str | None, str | None]:
     if len(parts) == 2 and all(parts):  # multi-partition keys: dimensions in name order
         return parts[0], parts[1]
     return device_id, period
-
-
-def _innermost_message(error: Any) -> str | None:
-    """Dagster wraps user errors ("Error occurred while executing op..."); the cause says why."""
-    message = None
-    while error is not None:
-        message = error.message
-        error = error.cause
-    return message
-
-
-def failure_message(failure_event: dg.DagsterEvent | None,
-                    step_failures: list[dg.DagsterEvent]) -> str:
-    """The most specific one-line reason a run failed.
-
-    A step's `dg.Failure` description first (the asset's own words), then the step's error,
-    then the run failure's error, then the run failure event's text (e.g. a dead worker).
-    """
-    for event in step_failures:
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return one_line(data.user_failure_data.description)
-        if data.error is not None:
-            return one_line(_innermost_message(data.error) or data.error.message)
-    if failure_event is not None:
-        data = failure_event.event_specific_data
-        error = getattr(data, "error", None)
-        if error is not None:
-            return one_line(_innermost_message(error) or error.message)
-        if failure_event.message:
-            return one_line(failure_event.message)
-    return "the run failed without an error message; see the run's logs in the Dagster UI"
 
 
 def run_url(run_id: str, base_url: str | None) -> str:

@@ -1,9 +1,10 @@
 """Recording failed attempts: one `failed` run-log record per run, whoever notices first.
 
-Three paths can notice a failure: the asset itself (most errors), the job's failure hook
-(errors before an asset body runs, such as loading an input) and the run-failure sensor (a run
-whose worker died). All write through `record_failed_attempt`, which never overwrites a record
-the run already has.
+Three paths can notice a failure: the asset itself (most errors); the launcher of a foreground
+run (`retraining.retrain_in_foreground`, for errors outside an asset body such as loading an
+input); and, for runs the daemon launched, the run-failure sensor (which also sees runs whose
+worker died). All write through `record_failed_attempt`, which never overwrites a record the
+run already has.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import dagster as dg
+
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.partitions import InvalidPeriod, training_window
-from solar_ml_pipeline.run_records import STATUS_FAILED, base_record, failed_fields
+from solar_ml_pipeline.run_records import STATUS_FAILED, base_record, failed_fields, one_line
 from solar_ml_pipeline.storage.base import RunLog
 
 DEVICE_TAG = "dagster/partition/device"
@@ -55,3 +58,35 @@ def days_from_run_config(run_config: Any) -> int | None:
 def no_data_message(device_id: str, start: datetime, end: datetime, rows: int) -> str:
     return (f"No data found for training: device {device_id}, "
             f"window [{start.isoformat()}, {end.isoformat()}): {rows} rows")
+
+
+def _innermost_message(error: Any) -> str | None:
+    """Dagster wraps user errors ("Error occurred while executing op..."); the cause says why."""
+    message = None
+    while error is not None:
+        message = error.message
+        error = error.cause
+    return message
+
+
+def failure_message(failure_event: dg.DagsterEvent | None,
+                    step_failures: list[dg.DagsterEvent]) -> str:
+    """The most specific one-line reason a run failed.
+
+    A step's `dg.Failure` description first (the asset's own words), then the step's error,
+    then the run failure's error, then the run failure event's text (e.g. a dead worker).
+    """
+    for event in step_failures:
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return one_line(data.user_failure_data.description)
+        if data.error is not None:
+            return one_line(_innermost_message(data.error) or data.error.message)
+    if failure_event is not None:
+        data = failure_event.event_specific_data
+        error = getattr(data, "error", None)
+        if error is not None:
+            return one_line(_innermost_message(error) or error.message)
+        if failure_event.message:
+            return one_line(failure_event.message)
+    return "the run failed without an error message; see the run's logs in the Dagster UI"

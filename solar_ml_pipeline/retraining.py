@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.failures import failure_message, record_failed_attempt
 from solar_ml_pipeline.instance import ensure_dagster_home
 from solar_ml_pipeline.jobs import RETRAIN_JOB
 from solar_ml_pipeline.partitions import (
@@ -96,4 +97,21 @@ def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbos
             tags=run_tags(request, trigger),
             raise_on_error=False,
         )
-        return result.run_id
+    if not result.success:
+        _record_failure(settings, request, result)
+    return result.run_id
+
+
+def _record_failure(settings: Settings, request: RetrainRequest,
+                    result: dg.ExecuteInProcessResult) -> None:
+    """The failed record for an error no asset body caught (e.g. loading an input); a run the
+    asset already recorded keeps its record. No daemon sensor sees in-process runs."""
+    from solar_ml_pipeline.storage import open_store
+
+    events = result.all_events
+    run_failure = next((e for e in events if e.event_type == dg.DagsterEventType.RUN_FAILURE),
+                       None)
+    message = failure_message(run_failure, [e for e in events if e.is_step_failure])
+    record_failed_attempt(open_store(settings), settings, run_id=result.run_id,
+                          device_id=request.device_id, period_key=request.period_key,
+                          days=request.days, message=message)
