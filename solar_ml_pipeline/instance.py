@@ -20,6 +20,10 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+# A freed slot is refilled within a second (Dagster's default poll is 5 s, which left a
+# 7-day retrain's slot empty for a third of its run time: benchmarks/RESULTS.md, fleet).
+run_queue:
+  dequeue_interval_seconds: 1
 # A run whose worker dies is marked failed instead of hanging: by its code server at once
 # (OOM kill), or, when the code server died with it (host or `dagster dev` restart), after
 # max_runtime_seconds: the default run launcher cannot ask a dead worker how it is, and a
