@@ -300,7 +300,7 @@ def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from solar_ml_pipeline import cli_manage
+    from solar_ml_pipeline import cli_devices, cli_manage
 
     parser = Parser(prog="solar-ml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_retrain)
 
     cli_manage.add_commands(sub)
+    cli_devices.add_commands(sub)
 
     p = sub.add_parser("demo", help="simulate a demo fleet if the store is empty, retrain every device")
     p.add_argument("--devices", type=positive_int, default=3)

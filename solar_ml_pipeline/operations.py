@@ -268,6 +268,107 @@ def prune_models(settings: Settings, *, keep: int | None = None, dry_run: bool =
     return json_ready(report.to_dict())
 
 
+# --- device sites -----------------------------------------------------------------------------
+
+# Flag-free names (the API may use these too); units in the messages.
+SITE_BOUNDS = {"latitude": (-90.0, 90.0, "degrees"), "longitude": (-180.0, 180.0, "degrees")}
+
+
+def _site_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"invalid {name} {value!r}: expected a finite number")
+    return float(value)
+
+
+def validate_site_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The given site fields (None = not given), checked; the message names the field."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from solar_ml_pipeline.storage.base import SITE_FIELDS
+
+    unknown = sorted(set(fields) - set(SITE_FIELDS))
+    if unknown:
+        raise InvalidRequest(f"unknown site field(s) {', '.join(unknown)}: expected "
+                             f"{', '.join(SITE_FIELDS)}")
+    checked: dict[str, Any] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "timezone":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError, TypeError):
+                raise InvalidRequest(f"unknown timezone {str(value)[:80]!r}: expected an IANA "
+                                     "zone such as Asia/Colombo or UTC") from None
+            checked[name] = value
+            continue
+        number = _site_number(name, value)
+        if name in SITE_BOUNDS:
+            low, high, unit = SITE_BOUNDS[name]
+            if not low <= number <= high:
+                raise InvalidRequest(f"invalid {name} {number:g}: expected {unit} from "
+                                     f"{low:g} to {high:g}")
+        if name == "capacity_w" and number <= 0:
+            raise InvalidRequest(f"invalid capacity_w {number:g}: expected watts above 0")
+        checked[name] = number
+    return checked
+
+
+def _site_entry(settings: Settings, record: Mapping[str, Any] | None,
+                device_id: str) -> dict[str, Any]:
+    """The site a device is trained and simulated with, and which fields are defaults."""
+    from dataclasses import asdict
+
+    from solar_ml_pipeline.simulator import Site, site_from_settings
+    from solar_ml_pipeline.storage.base import SITE_FIELDS
+
+    record = record or {}
+    known = {name: record[name] for name in SITE_FIELDS if record.get(name) is not None}
+    site = asdict(Site(**{**asdict(site_from_settings(settings)), **known}))
+    return {"device_id": device_id, **{name: site[name] for name in SITE_FIELDS},
+            "defaults": [name for name in SITE_FIELDS if name not in known]}
+
+
+def set_device_site(settings: Settings, store: Store, device_id: str,
+                    **fields: Any) -> dict[str, Any]:
+    """Create the device's site, or update only the given fields of an existing one.
+
+    A new site needs latitude and longitude; fields never set follow the defaults
+    (SITE_LATITUDE, SITE_LONGITUDE, TIMEZONE, the simulator's altitude and capacity).
+    """
+    validate_device_id(device_id)
+    given = validate_site_fields(fields)
+    if not given:
+        raise InvalidRequest("nothing to set: give at least one of latitude, longitude, "
+                             "altitude, capacity_w, timezone")
+    existing = store.get_site(device_id)
+    if existing is None and not {"latitude", "longitude"} <= set(given):
+        raise InvalidRequest(f"device {device_id} has no site yet: give both latitude and "
+                             "longitude")
+    merged = {**(existing or {}), **given, "device_id": device_id}
+    try:
+        _site_entry(settings, merged, device_id)  # the whole site must be usable
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    store.set_site(device_id, merged)
+    entry = _site_entry(settings, store.get_site(device_id), device_id)
+    return json_ready({**entry, "created": existing is None, "updated": sorted(given)})
+
+
+def list_device_sites(settings: Settings, store: Store) -> dict[str, Any]:
+    """Every registered site, the default site, and the devices with readings that use it."""
+    from dataclasses import asdict
+
+    from solar_ml_pipeline.config import is_valid_device_id
+    from solar_ml_pipeline.simulator import site_from_settings
+
+    sites = [_site_entry(settings, record, record["device_id"]) for record in store.list_sites()]
+    registered = {entry["device_id"] for entry in sites}
+    defaulted = [d for d in store.list_devices() if is_valid_device_id(d) and d not in registered]
+    return json_ready({"devices": sites, "default_site": asdict(site_from_settings(settings)),
+                       "default_site_devices": defaulted})
+
+
 # --- retraining -------------------------------------------------------------------------------
 
 
