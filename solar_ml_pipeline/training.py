@@ -391,3 +391,19 @@ def baseline_metrics(test: pd.DataFrame, predicted: np.ndarray) -> dict[str, flo
                 daylight_skill_smart=skill_score(day_mae, day_smart_mae),
             )
     return metrics
+
+
+def daylight_score_on(model: ForecastModel, test_frame: pd.DataFrame, *,
+                      horizon_minutes: int | None = None) -> float | None:
+    """MAE of any model (e.g. the champion) on the daylight rows of a test frame: the rows
+    the persistence gate judges, so it compares with the challenger's daylight figures.
+
+    None when the frame has no daylight column (built without a site) or no daylight rows;
+    refuses a model of another horizon or without its features, as score_on does.
+    """
+    if DAYLIGHT not in test_frame.columns:
+        return None
+    daylight = test_frame[test_frame[DAYLIGHT].to_numpy(dtype=bool)]
+    if daylight.empty:
+        return None
+    return score_on(model, daylight, horizon_minutes=horizon_minutes)

@@ -342,3 +342,33 @@ def test_boosting_still_learns_when_most_of_the_window_is_dark_night():
                                            horizon_minutes=15, feature_set="original")
     assert model.predict(built.frame).max() > 0.5 * built.frame[TARGET].max()
     assert evaluation.r2 > 0.5
+
+
+# -- the champion's daylight score (the smart-persistence fallback decision) -----------------
+
+from solar_ml_pipeline.training import daylight_score_on  # noqa: E402
+
+
+def test_a_models_daylight_score_reproduces_its_daylight_mae_on_its_own_test_window():
+    built = _site_frame()
+    model, evaluation = _train(built)
+    _, test = split_time_ordered(built.frame)
+    assert daylight_score_on(model, test, horizon_minutes=15) == pytest.approx(
+        evaluation.daylight_mae)
+    assert daylight_score_on(model, test) != pytest.approx(score_on(model, test))
+
+
+def test_the_daylight_score_is_unknown_without_a_daylight_column_or_daylight_rows():
+    built = _site_frame()
+    model, _ = _train(built)
+    _, test = split_time_ordered(built.frame)
+    assert daylight_score_on(model, test.drop(columns=["daylight"])) is None
+    assert daylight_score_on(model, test.assign(daylight=False)) is None
+
+
+def test_the_daylight_score_refuses_a_model_of_another_horizon():
+    built = _site_frame()
+    model, _ = _train(built)
+    _, test = split_time_ordered(built.frame)
+    with pytest.raises(FeaturesUnavailable, match="15 min ahead"):
+        daylight_score_on(model, test, horizon_minutes=30)
