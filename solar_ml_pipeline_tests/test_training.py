@@ -9,6 +9,7 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 
 from solar_ml_pipeline.config import MODEL_TYPES
+from solar_ml_pipeline import training as training_module
 from solar_ml_pipeline.features import TARGET, build_feature_frame
 from solar_ml_pipeline.training import (
     FeaturesUnavailable,
@@ -18,6 +19,7 @@ from solar_ml_pipeline.training import (
     score_on,
     skill_score,
     split_time_ordered,
+    threads_per_run,
     train_and_evaluate,
 )
 from solar_ml_pipeline_tests.test_features import synthetic_readings
@@ -372,3 +374,29 @@ def test_the_daylight_score_refuses_a_model_of_another_horizon():
     _, test = split_time_ordered(built.frame)
     with pytest.raises(FeaturesUnavailable, match="15 min ahead"):
         daylight_score_on(model, test, horizon_minutes=30)
+
+
+def test_threads_per_run_shares_the_cores_among_concurrent_runs(monkeypatch):
+    monkeypatch.setattr(training_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert threads_per_run(1) == 4
+    assert threads_per_run(2) == 2
+    assert threads_per_run(3) == 1
+    assert threads_per_run(8) == 1  # never zero
+
+
+def test_a_thread_cap_applies_to_the_fit_and_leaves_the_process_as_it_was(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    original_fit = training_module.HistGradientBoostingRegressor.fit
+
+    def watching_fit(self, *args, **kwargs):
+        seen.append([p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"])
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(training_module.HistGradientBoostingRegressor, "fit", watching_fit)
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+    train_and_evaluate(_feature_frame(), model_type="hist_gradient_boosting", horizon_minutes=15,
+                       feature_set="original", estimator_params={"max_iter": 20}, threads=1)
+    assert seen and all(n == 1 for n in seen[0])
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"] == before
