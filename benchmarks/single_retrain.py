@@ -17,8 +17,9 @@ growth of this process's resident set over the call (see bench_support.PeakRss),
 allocations such as tree nodes count. `--profile` adds a cProfile breakdown of one project
 retrain by stage.
 
-    python benchmarks/single_retrain.py                       # 7 and 30 days, RF and HGB
+    python benchmarks/single_retrain.py                       # 7 and 30 days, CONFIGS
     python benchmarks/single_retrain.py --days 7 --repeats 1  # quicker
+    python benchmarks/single_retrain.py --configs random_forest:original --profile
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+from solar_ml_pipeline import training
 from solar_ml_pipeline.definitions import build_definitions
 from solar_ml_pipeline.instance import dagster_yaml_text, ensure_dagster_home
 from solar_ml_pipeline.jobs import RETRAIN_JOB
@@ -57,6 +59,11 @@ from solar_ml_pipeline.storage import open_store
 
 DEVICE = "tracker01"
 MODEL_TYPES = ("random_forest", "hist_gradient_boosting")
+# (MODEL_TYPE, FEATURE_SET) pairs measured by default: the target's forest with the shipped
+# feature set, the same forest on the original's 15 features (like for like: what is left
+# between the two sides is orchestration), and the shipped default model.
+CONFIGS = (("random_forest", "solar"), ("random_forest", "original"),
+           ("hist_gradient_boosting", "solar"))
 ORIGINAL_FEATURES = [
     "hour", "minute", "day_of_week",
     "servo_angle", "temperature", "humidity", "lux", "voltage", "current", "power", "fan_on",
@@ -150,13 +157,38 @@ def original_style_retrain(store: Any, device_id: str, start: datetime, end: dat
 # -- the project side ---------------------------------------------------------------------
 
 
+class FitClock:
+    """Wall time inside `training.train_and_evaluate` (the fit and its test scoring), which
+    the model_version asset calls through the module: what is left of a project retrain
+    is what orchestration, storage and promotion cost."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._original = training.train_and_evaluate
+
+    def __enter__(self) -> FitClock:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return self._original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        training.train_and_evaluate = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        training.train_and_evaluate = self._original
+
+
 def project_retrain(settings: Any, store: Any, days: int) -> dict[str, Any]:
     request = resolve_request(settings, DEVICE, bs.PERIOD, days)
-    run_id = retrain_in_foreground(settings, request)
+    with FitClock() as fit:
+        run_id = retrain_in_foreground(settings, request)
     record = store.get_run(run_id)
     if record is None or record.get("status") != "success":
         raise RuntimeError(f"project retrain failed: {record and record.get('error')}")
-    return record
+    return {**record, "fit_s": fit.seconds}
 
 
 def project_retrain_in_memory(settings: Any, store: Any, days: int) -> dict[str, Any]:
@@ -206,6 +238,7 @@ class Sample:
     growth_mib: float
     mae: float
     rows: int
+    fit_seconds: float | None = None
 
 
 def measure(action: Any) -> Sample:
@@ -215,17 +248,18 @@ def measure(action: Any) -> Sample:
     cpu = time.process_time() - cpu_before
     mae = float(result["mae"] if isinstance(result, dict) else result.mae)
     rows = int(result["rows_used"] if isinstance(result, dict) else result.rows_used)
-    return Sample(watch.seconds, cpu, memory.growth_mib, mae, rows)
+    fit = result.get("fit_s") if isinstance(result, dict) else None
+    return Sample(watch.seconds, cpu, memory.growth_mib, mae, rows, fit)
 
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def run_pair(settings: Any, store: Any, model_type: str, days: int,
+def run_pair(settings: Any, store: Any, model_type: str, feature_set: str, days: int,
              baseline_dir: Path) -> tuple[Sample, Sample]:
     start = bs.CUTOFF - timedelta(days=days)
-    project_settings = settings.with_overrides(model_type=model_type)
+    project_settings = settings.with_overrides(model_type=model_type, feature_set=feature_set)
     project = measure(lambda: project_retrain(project_settings, store, days))
     baseline = measure(lambda: original_style_retrain(
         store, DEVICE, start, bs.CUTOFF, baseline_dir, model_type))
@@ -259,10 +293,11 @@ DETAILS = (
 )
 
 
-def profile_stages(settings: Any, store: Any, model_type: str, days: int) -> tuple[str, float]:
+def profile_stages(settings: Any, store: Any, model_type: str, feature_set: str,
+                   days: int) -> tuple[str, float]:
     """cProfile one project retrain; what each stage costs and what Dagster adds around them."""
     profiler = cProfile.Profile()
-    project_settings = settings.with_overrides(model_type=model_type)
+    project_settings = settings.with_overrides(model_type=model_type, feature_set=feature_set)
     with bs.Stopwatch() as watch:
         profiler.runcall(project_retrain, project_settings, store, days)
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
@@ -295,16 +330,28 @@ def profile_stages(settings: Any, store: Any, model_type: str, days: int) -> tup
 # -- main ---------------------------------------------------------------------------------
 
 
+def parse_config(text: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    from solar_ml_pipeline.config import FEATURE_SETS
+
+    model_type, _, feature_set = text.partition(":")
+    if model_type not in MODEL_TYPES or feature_set not in FEATURE_SETS:
+        parser.error(f"--configs {text!r}: expected MODEL_TYPE:FEATURE_SET with MODEL_TYPE in "
+                     f"{', '.join(MODEL_TYPES)} and FEATURE_SET in {', '.join(FEATURE_SETS)}")
+    return model_type, feature_set
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, nargs="+", default=[7, 30])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_TYPES), choices=MODEL_TYPES)
+    parser.add_argument("--configs", nargs="+", default=[f"{m}:{f}" for m, f in CONFIGS],
+                        help="MODEL_TYPE:FEATURE_SET pairs to measure (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="measured pairs per configuration (medians reported)")
     parser.add_argument("--profile", action="store_true",
                         help="add a cProfile breakdown of one project retrain (first model, "
                              "shortest window)")
     args = parser.parse_args(argv)
+    configs = [parse_config(text, parser) for text in args.configs]
     bs.quiet_warnings()
 
     print(bs.header("Single retrain: project (Dagster, in-process executor) vs original-style script"))
@@ -316,46 +363,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{rows_written} simulated 1-minute readings of {DEVICE} ending "
               f"{bs.CUTOFF:%Y-%m-%d %H:%M} UTC; period {bs.PERIOD}; {args.repeats} measured "
               "pair(s) per row (project then original), after one warm-up pair per model.\n")
-        for model_type in args.models:
-            run_pair(settings, store, model_type, min(args.days), baseline_dir)
+        for model_type, feature_set in configs:
+            run_pair(settings, store, model_type, feature_set, min(args.days), baseline_dir)
 
         rows = []
-        ratios: dict[tuple[str, int], float] = {}
-        for model_type in args.models:
+        ratios: dict[tuple[str, str, int], float] = {}
+        for model_type, feature_set in configs:
             for days in args.days:
-                pairs = [run_pair(settings, store, model_type, days, baseline_dir)
+                pairs = [run_pair(settings, store, model_type, feature_set, days, baseline_dir)
                          for _ in range(args.repeats)]
                 project = [p for p, _ in pairs]
                 baseline = [b for _, b in pairs]
                 ratio = median([p.seconds / b.seconds for p, b in pairs])
-                ratios[(model_type, days)] = ratio
+                ratios[(model_type, feature_set, days)] = ratio
+                fit = median([s.fit_seconds or 0.0 for s in project])
+                rest = median([s.seconds - (s.fit_seconds or 0.0) for s in project])
                 rows.append([
-                    model_type, days, project[0].rows, baseline[0].rows,
+                    model_type, feature_set, days, project[0].rows, baseline[0].rows,
                     f"{median([s.seconds for s in project]):.2f}",
                     f"{median([s.seconds for s in baseline]):.2f}",
                     f"{ratio:.2f}x",
                     f"{median([p.cpu_seconds / b.cpu_seconds for p, b in pairs]):.2f}x",
+                    f"{fit:.2f}", f"{rest:.2f}",
                     f"{median([s.growth_mib for s in project]):.0f}",
                     f"{median([s.growth_mib for s in baseline]):.0f}",
                     f"{project[0].mae:.2f}", f"{baseline[0].mae:.2f}",
                 ])
         print(bs.markdown_table(
-            ["model", "days", "rows project", "rows original", "wall s project",
-             "wall s original", "wall ratio", "CPU ratio", "peak MiB project",
-             "peak MiB original", "MAE W project", "MAE W original"], rows))
+            ["model", "project features", "days", "rows project", "rows original",
+             "wall s project", "wall s original", "wall ratio", "CPU ratio",
+             "fit s project", "rest s project", "peak MiB project", "peak MiB original",
+             "MAE W project", "MAE W original"], rows))
         print("\nWall s: median over the pairs; ratios: median of the per-pair project/original "
               "ratios (CPU = this process's CPU time, all threads, which load from other "
-              "processes disturbs less than wall time). Peak MiB: growth of this process's "
-              "resident memory during the call. MAE on each side's own later-20 % test rows "
-              "(project: target matched by time; original: 15 rows later).")
+              "processes disturbs less than wall time). Fit s: the project's fit and test "
+              "scoring (training.train_and_evaluate); rest s: everything else in the project's "
+              "retrain (Dagster, reading, features, storing, promotion, run log). The original "
+              "side always uses its 15 features. Peak MiB: growth of this process's resident "
+              "memory during the call. MAE on each side's own later-20 % test rows (project: "
+              "target matched by time; original: 15 rows later).")
         if args.profile:
-            table, seconds = profile_stages(settings, store, args.models[0], min(args.days))
-            print(f"\nWhere the project's time goes: one {args.models[0]} retrain of "
-                  f"{min(args.days)} days under cProfile ({seconds:.2f} s with profiling).\n")
+            model_type, feature_set = configs[0]
+            days = min(args.days)
+            table, seconds = profile_stages(settings, store, model_type, feature_set, days)
+            print(f"\nWhere the project's time goes: one {model_type} ({feature_set} features) "
+                  f"retrain of {days} days under cProfile ({seconds:.2f} s with profiling).\n")
             print(table)
-            model_type, days = args.models[0], min(args.days)
             start = bs.CUTOFF - timedelta(days=days)
-            variant = settings.with_overrides(model_type=model_type)
+            variant = settings.with_overrides(model_type=model_type, feature_set=feature_set)
             consolidated = consolidated_settings(variant)
             project_retrain(consolidated, store, days)  # warm-up: creates its databases
             what_if = [
@@ -374,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                                     [[name, f"{s.seconds:.2f}", f"{s.cpu_seconds:.2f}"]
                                      for name, s in what_if]))
         store.close()
-    summary = ", ".join(f"{model} {days}d {ratio:.2f}x" for (model, days), ratio in ratios.items())
-    target = [r for (model, _), r in ratios.items() if model == "random_forest"]
+    summary = ", ".join(f"{model}/{features} {days}d {ratio:.2f}x"
+                        for (model, features, days), ratio in ratios.items())
+    target = [r for (model, _, _), r in ratios.items() if model == "random_forest"]
     verdict = ("" if not target else
                f" (target <= 1.10 with random_forest: {'met' if max(target) <= 1.10 else 'NOT met'})")
     print("\n" + bs.ratio_line("single_retrain", f"project/original wall time {summary}{verdict}"))
