@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from solar_ml_pipeline.config import MODEL_TYPES
 from solar_ml_pipeline import training as training_module
+from solar_ml_pipeline.config import MODEL_TYPES
 from solar_ml_pipeline.features import TARGET, build_feature_frame
 from solar_ml_pipeline.training import (
     FeaturesUnavailable,
