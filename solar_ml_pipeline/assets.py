@@ -26,7 +26,13 @@ from solar_ml_pipeline.failures import (
 )
 from solar_ml_pipeline.io_managers import partition_parts
 from solar_ml_pipeline.partitions import retrain_partitions
-from solar_ml_pipeline.registry import ModelCandidate, ModelStoreError
+from solar_ml_pipeline.registry import (
+    SERVING_FALLBACK,
+    SERVING_MODEL,
+    ModelCandidate,
+    ModelStoreError,
+    is_fallback,
+)
 from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
 from solar_ml_pipeline.run_records import (
     EXTRA_METRIC_FIELDS,
@@ -224,6 +230,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 model_type=policy.model_type,
                 horizon_minutes=policy.horizon_minutes,
                 feature_set=policy.feature_set,
+                threads=training.threads_per_run(settings.max_concurrent_runs),
             )
             trained_at = utc_now()
             version = models.registry().new_version_id(trained_at)
@@ -283,12 +290,15 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         description=(
             "Whether the new version replaces the one in service: both scored on the new "
             "version's test window; promoted only per the MAE threshold policy, never for a "
-            "backfill older than the model in service."
+            "backfill older than the model in service. With REQUIRE_BEAT_PERSISTENCE, when "
+            "neither beats persistence in daylight the device is served by smart persistence "
+            "(metadata serving_fallback = 1)."
         ),
     )
     def promotion_decision(context: dg.AssetExecutionContext, model_version: Any,
                            feature_frame: Any, store: StoreResource,
-                           models: ModelStoreResource, policy: RetrainPolicy) -> dg.Output:
+                           models: ModelStoreResource,
+                           policy: RetrainPolicy) -> dg.MaterializeResult:
         with _recorded_attempt(context, settings, store):
             return _decide_and_record(context, model_version, feature_frame, store, models, policy)
 
@@ -327,9 +337,38 @@ def _importance_table(model: Any) -> dg.MetadataValue:
     )
 
 
+# Decision rules of a challenger refused by the persistence gate (promotion.py rule 3).
+GATE_REFUSALS = ("loses_to_persistence", "persistence_unknown")
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None and math.isfinite(value) else "unknown"
+
+
+def _beats(mae: float | None, persistence: float | None) -> bool | None:
+    """Whether a daylight MAE beats daylight persistence; None when either is unknown."""
+    if mae is None or persistence is None or not (math.isfinite(mae) and math.isfinite(persistence)):
+        return None
+    return mae < persistence
+
+
+def _fallback_backfill(pointer: dict[str, Any], challenger: promotion.Contender) -> promotion.Decision | None:
+    """A challenger older than the one that put the device on smart persistence is a backfill."""
+    cutoff = pointer.get("cutoff")
+    if not cutoff or challenger.cutoff >= _parse(cutoff):
+        return None
+    return promotion.Decision(
+        False, f"Not promoted: backfill, cutoff {challenger.cutoff.isoformat()} is older than "
+               f"the {cutoff} of the challenger that put the device on smart persistence "
+               f"(challenger {challenger.version} MAE {_number(challenger.mae)})", "backfill")
+
+
 def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_frame: Any,
                        store: StoreResource, models: ModelStoreResource,
-                       policy: RetrainPolicy) -> dg.Output:
+                       policy: RetrainPolicy) -> dg.MaterializeResult:
+    """Decide, record the attempt, then move the pointer: to the challenger, to the
+    smart-persistence fallback (gate on, challenger refused by it and no champion that still
+    beats persistence in daylight on the same window), or nowhere."""
     device_id, period_key = partition_parts(context)
     registry = models.registry()
     meta = stored.meta
@@ -339,9 +378,11 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
     challenger = promotion.daylight_gate_contender(stored.version, metrics, cutoff)
     with registry.device_lock(device_id):
         pointer = registry.read_pointer(device_id)
+        on_fallback = is_fallback(pointer)
         champion = None
         champion_note = None
-        if pointer is not None:
+        champion_daylight = None
+        if pointer is not None and not on_fallback:
             champion_meta = registry.read_meta(device_id, pointer["version"])
             champion_cutoff = datetime.fromisoformat(
                 str(champion_meta.get("cutoff") or champion_meta["trained_at"]).replace("Z", "+00:00")
@@ -353,15 +394,45 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
                                                      expected_sha256=pointer["sha256"])
                 champion_mae = training.score_on(champion_model, test,
                                                   horizon_minutes=policy.horizon_minutes)
+                champion_daylight = training.daylight_score_on(
+                    champion_model, test, horizon_minutes=policy.horizon_minutes)
             except (training.FeaturesUnavailable, ModelStoreError) as exc:
                 champion_mae = float("nan")
                 champion_note = str(exc)
             champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
                                            cutoff=champion_cutoff)
-        decision = promotion.decide_promotion(
-            challenger, champion, policy.mae_threshold_percent,
-            require_beat_persistence=policy.require_beat_persistence)
+        # A fallback pointer is no champion: the next challenger that passes the gate serves.
+        decision = _fallback_backfill(pointer, challenger) if on_fallback else None
+        if decision is None:
+            decision = promotion.decide_promotion(
+                challenger, champion, policy.mae_threshold_percent,
+                require_beat_persistence=policy.require_beat_persistence)
+        champion_beats = _beats(champion_daylight, challenger.persistence_mae)
+        to_fallback = (policy.require_beat_persistence and not decision.promoted
+                       and decision.rule in GATE_REFUSALS
+                       and (champion is None or champion_beats is False))
         reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
+        persistence = f"daylight persistence MAE {_number(challenger.persistence_mae)}"
+        if to_fallback and champion is not None:
+            reason += (f"; champion {champion.version} loses to persistence too (daylight MAE "
+                       f"{_number(champion_daylight)}, {persistence}), so it is displaced and "
+                       f"{device_id} is served by smart persistence")
+        elif to_fallback:
+            state = "stays on" if on_fallback else "no model beats persistence, so it is served by"
+            reason += f"; {device_id} {state} smart persistence"
+        elif champion is not None and decision.rule in GATE_REFUSALS:
+            standing = ("unknown" if champion_beats is None else
+                        f"daylight MAE {_number(champion_daylight)}, {persistence}")
+            reason += f"; champion {champion.version} stays in service ({standing})"
+        elif on_fallback and decision.promoted:
+            reason += f"; replaces the smart-persistence fallback of {device_id}"
+        reason = one_line(reason)
+        if to_fallback or (on_fallback and not decision.promoted):
+            serving = SERVING_FALLBACK
+        elif decision.promoted or champion is not None:
+            serving = SERVING_MODEL
+        else:
+            serving = None
         record = base_record(
             run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
             period=period_key, window_start=_parse(meta["window_start"]), window_end=_parse(meta["window_end"]),
@@ -376,31 +447,46 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             **{name: metrics.get(name) for name in EXTRA_METRIC_FIELDS},
             features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
             version=stored.version, status=STATUS_SUCCESS, error=None,
-            promoted=decision.promoted, decision_reason=one_line(reason), decision_rule=decision.rule,
+            promoted=decision.promoted, decision_reason=reason, decision_rule=decision.rule,
             champion_version=champion.version if champion else None,
             champion_mae=_finite_or_none(champion.mae) if champion else None,
+            champion_daylight_mae=champion_daylight, serving=serving,
             duration_s=_run_duration_s(context), finished_at=utc_now(),
         )
         # The record before the pointer: a run log that cannot take the attempt (store down or
         # read-only) fails the run before a model it never recorded can serve.
         store.open().upsert_run(record)
         new_pointer = pointer
-        if decision.promoted:
-            try:
+        try:
+            if decision.promoted:
                 new_pointer = registry.set_pointer(device_id, stored.version)
-            except Exception as exc:
-                store.open().upsert_run({"run_id": context.run_id, **failed_fields(
-                    f"{stored.version} was stored but not promoted: {exc}", record["duration_s"])})
-                raise
+            elif to_fallback:
+                new_pointer = registry.set_fallback(
+                    device_id, reason=reason, challenger_version=stored.version,
+                    cutoff=meta["cutoff"],
+                    figures={"daylight_mae": challenger.gate_mae,
+                             "daylight_persistence_mae": challenger.persistence_mae,
+                             "champion_daylight_mae": champion_daylight})
+        except Exception as exc:
+            what = "promoted" if decision.promoted else "put on smart persistence"
+            store.open().upsert_run({"run_id": context.run_id, **failed_fields(
+                f"{stored.version} was stored but {device_id} was not {what}: {exc}",
+                record["duration_s"])})
+            raise
 
     context.log.info(f"{device_id} {period_key}: {reason}")
-    return dg.Output(
-        {"promoted": decision.promoted, "reason": reason, "challenger_version": stored.version,
-         "champion_version": record["champion_version"]},
+    gate_figures = {name: float(value) for name, value in (
+        ("challenger_daylight_mae", challenger.gate_mae),
+        ("daylight_persistence_mae", challenger.persistence_mae),
+        ("champion_daylight_mae", champion_daylight),
+    ) if value is not None and math.isfinite(value)}
+    return dg.MaterializeResult(
         metadata={
             "promoted": decision.promoted,
             "reason": reason,
             "rule": decision.rule,
+            "serving": serving or "none",
+            "serving_fallback": int(serving == SERVING_FALLBACK),
             "challenger_version": stored.version,
             "challenger_mae": float(challenger.mae),
             "champion_version": record["champion_version"] or "",
@@ -418,6 +504,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             ),
             **({"champion_mae": float(champion.mae)}
                if champion and math.isfinite(champion.mae) else {}),
+            **gate_figures,
             "pointer": dg.MetadataValue.json(new_pointer or {}),
         },
     )

@@ -15,7 +15,11 @@ Promises kept here, so every caller (IO manager, promotion, CLI, API, serving) g
 - bytes are unpickled only after their sha256 matches the meta (and the pointer, when serving);
 - a pointer or meta naming a file other than its own version's, inside this device's
   `versions/` folder, is refused (no path traversal, no symlink escape);
-- the pointer only moves under the device's lock, after the target's sha256 is verified.
+- the pointer only moves under the device's lock, after the target's sha256 is verified;
+- a pointer is one of two kinds (`serving`): "model" names a version to serve (pointers
+  written before the field existed are model pointers), "smart_persistence" says that no
+  model of the device beats persistence, so serving falls back to smart persistence; it
+  names no version (`version` null) but keeps the displaced model as `previous_version`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ POINTER_COPIED_FIELDS = (
     "model_type", "feature_set", "features", "trained_at", "partition_key",
     "window_start", "window_end", "cutoff", "horizon_minutes",
 )
+SERVING_MODEL = "model"
+SERVING_FALLBACK = "smart_persistence"
+SERVING_KINDS = (SERVING_MODEL, SERVING_FALLBACK)
+# What a fallback pointer records of the decision that wrote it (numbers or null): the
+# challenger's persistence-gate figures, and the displaced champion's on the same rows.
+FALLBACK_FIGURES = ("daylight_mae", "daylight_persistence_mae", "champion_daylight_mae")
+# Fields only a model pointer has: a fallback pointer naming a file is not a fallback.
+MODEL_POINTER_FIELDS = ("model_path", "metadata_path", "sha256")
 
 
 class ModelStoreError(Exception):
@@ -273,6 +285,26 @@ def _utc_now_iso() -> str:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_fallback(pointer: dict[str, Any] | None) -> bool:
+    """True for a pointer saying the device is served by smart persistence, not a model."""
+    return pointer is not None and pointer.get("serving") == SERVING_FALLBACK
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, str) and bool(VERSION_PATTERN.fullmatch(value))
+
+
+def _previous_after(current: dict[str, Any] | None, new_version: str) -> str | None:
+    """The rollback target once `new_version` serves: the model serving before it (for a
+    fallback, the model it displaced); re-promoting the current version keeps its own."""
+    if current is None:
+        return None
+    if is_fallback(current) or current["version"] == new_version:
+        previous = current.get("previous_version")
+        return None if previous == new_version else previous
+    return current["version"]
 
 
 def pointer_metrics(meta: dict[str, Any]) -> dict[str, Any]:
@@ -526,7 +558,8 @@ class ModelRegistry:
     # the pointer
 
     def read_pointer(self, device_id: str) -> dict[str, Any] | None:
-        """The pointer, or None when the device has none; refuses one that is not its own."""
+        """The pointer (either kind), or None when the device has none; refuses one that is
+        not its own or not whole."""
         device_id = validate_device_id(device_id)
         path = self.pointer_path(device_id)
         fix = f"repair it with `solar-ml model rollback --device {device_id} --to VERSION`"
@@ -536,30 +569,64 @@ class ModelRegistry:
             return None
         except (ValueError, UnicodeDecodeError):
             raise CorruptPointer(f"{path} is not valid JSON: {fix}") from None
+        problem = self._pointer_problem(device_id, pointer)
+        if problem:
+            raise CorruptPointer(f"{path} {problem}: {fix}")
+        return pointer
+
+    def _pointer_problem(self, device_id: str, pointer: object) -> str | None:
         if not isinstance(pointer, dict):
-            raise CorruptPointer(f"{path} is not a JSON object: {fix}")
-        version = pointer.get("version")
-        if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
-            raise CorruptPointer(f"{path} names no valid version: {fix}")
+            return "is not a JSON object"
+        serving = pointer.get("serving", SERVING_MODEL)
+        if serving not in SERVING_KINDS:
+            return f"serving {str(serving)[:40]!r} is not one of {', '.join(SERVING_KINDS)}"
+        if serving == SERVING_FALLBACK:
+            problem = self._fallback_problem(pointer)
+            if problem:
+                return problem
+        elif not _is_version(pointer.get("version")):
+            return "names no valid version"
         if pointer.get("device_id", device_id) != device_id:
-            raise CorruptPointer(f"{path} belongs to device {pointer.get('device_id')!r}: {fix}")
+            return f"belongs to device {pointer.get('device_id')!r}"
+        previous = pointer.get("previous_version")
+        if previous is not None and not _is_version(previous):
+            return "previous_version is not a version id"
+        if serving == SERVING_FALLBACK:
+            return None
+        version = pointer["version"]
         for key, expected in (
             ("model_path", self.model_path(device_id, version)),
             ("metadata_path", self.metadata_path(device_id, version)),
         ):
             if not self._names_expected(pointer.get(key), expected):
-                raise CorruptPointer(
-                    f"{path} {key} {str(pointer.get(key))[:200]!r} is not {expected}: {fix}"
-                )
+                return f"{key} {str(pointer.get(key))[:200]!r} is not {expected}"
         sha = pointer.get("sha256")
         if not isinstance(sha, str) or not SHA256_PATTERN.fullmatch(sha):
-            raise CorruptPointer(f"{path} has no valid sha256: {fix}")
-        previous = pointer.get("previous_version")
-        if previous is not None and (
-            not isinstance(previous, str) or not VERSION_PATTERN.fullmatch(previous)
-        ):
-            raise CorruptPointer(f"{path} previous_version is not a version id: {fix}")
-        return pointer
+            return "has no valid sha256"
+        return None
+
+    @staticmethod
+    def _fallback_problem(pointer: dict[str, Any]) -> str | None:
+        if pointer.get("version") is not None:
+            return "is a smart-persistence fallback but names a version"
+        named = [key for key in MODEL_POINTER_FIELDS if pointer.get(key) is not None]
+        if named:
+            return f"is a smart-persistence fallback but names {', '.join(named)}"
+        reason = pointer.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            return "is a smart-persistence fallback without a reason"
+        if not isinstance(pointer.get("updated_at"), str):
+            return "is a smart-persistence fallback without updated_at"
+        challenger = pointer.get("challenger_version")
+        if challenger is not None and not _is_version(challenger):
+            return "challenger_version is not a version id"
+        if pointer.get("cutoff") is not None and not isinstance(pointer["cutoff"], str):
+            return "cutoff is not a time"
+        for name in FALLBACK_FIGURES:
+            value = pointer.get(name)
+            if value is not None and not (_is_number(value) and math.isfinite(value)):
+                return f"{name} is not a number"
+        return None
 
     @contextmanager
     def device_lock(
@@ -607,14 +674,24 @@ class ModelRegistry:
     def holds_lock(self, device_id: str) -> bool:
         return bool(_held().get(str(self.device_dir(device_id) / LOCK_NAME)))
 
+    def _store_pointer(self, device_id: str, pointer: dict[str, Any]) -> dict[str, Any]:
+        """Every pointer write: under the lock, validated as read_pointer would, atomic."""
+        if not self.holds_lock(device_id):
+            raise RuntimeError("the pointer may only move under device_lock")
+        stored = json.loads(json_bytes(pointer))
+        problem = self._pointer_problem(device_id, stored)
+        if problem:
+            raise CorruptPointer(f"refusing to write a pointer for {device_id} that {problem}")
+        atomic_write_json(self.pointer_path(device_id), pointer)
+        return stored
+
     def _write_pointer(
         self, device_id: str, meta: dict[str, Any], previous: str | None, reason: str | None
     ) -> dict[str, Any]:
-        if not self.holds_lock(device_id):
-            raise RuntimeError("the pointer may only move under device_lock")
         version = meta["version"]
         pointer: dict[str, Any] = {
             "device_id": device_id,
+            "serving": SERVING_MODEL,
             "model_path": str(self.model_path(device_id, version)),
             "metadata_path": str(self.metadata_path(device_id, version)),
             "version": version,
@@ -628,8 +705,51 @@ class ModelRegistry:
                 pointer[name] = meta[name]
         if reason is not None:
             pointer["reason"] = reason
-        atomic_write_json(self.pointer_path(device_id), pointer)
-        return json.loads(json_bytes(pointer))
+        return self._store_pointer(device_id, pointer)
+
+    def set_fallback(
+        self, device_id: str, *, reason: str, challenger_version: str | None = None,
+        cutoff: str | None = None, figures: dict[str, float | None] | None = None,
+    ) -> dict[str, Any]:
+        """Say the device is served by smart persistence: no model of it beats persistence.
+
+        The caller holds `device_lock` across its read-decide-write, as for set_pointer. The
+        model serving until now (or the one an earlier fallback displaced) is kept as
+        `previous_version`, the rollback target; `cutoff` is the challenger's data cutoff (an
+        older challenger is a backfill and leaves the fallback); `figures` are FALLBACK_FIGURES.
+        """
+        device_id = validate_device_id(device_id)
+        if not self.holds_lock(device_id):
+            raise RuntimeError("set_fallback needs device_lock held: take the lock first")
+        current = self.read_pointer(device_id)
+        if current is None:
+            previous = None
+        elif is_fallback(current):
+            previous = current.get("previous_version")
+        else:
+            previous = current["version"]
+        known = figures or {}
+        pointer: dict[str, Any] = {
+            "device_id": device_id,
+            "serving": SERVING_FALLBACK,
+            "version": None,
+            "reason": reason,
+            "updated_at": _utc_now_iso(),
+            "previous_version": previous,
+            "challenger_version": challenger_version,
+            "cutoff": cutoff,
+            **{name: known.get(name) for name in FALLBACK_FIGURES},
+        }
+        return self._store_pointer(device_id, pointer)
+
+    def restore_pointer(self, device_id: str, pointer: dict[str, Any]) -> dict[str, Any]:
+        """Put back a pointer read earlier (either kind), e.g. to undo a move the run log
+        refused; validated as read_pointer would, a model pointer's version verified."""
+        device_id = validate_device_id(device_id)
+        with self.device_lock(device_id):
+            if not is_fallback(pointer):
+                self.verify_version(device_id, validate_version(pointer.get("version")))
+            return self._store_pointer(device_id, pointer)
 
     def set_pointer(
         self, device_id: str, version: str, *, reason: str | None = None
@@ -643,13 +763,7 @@ class ModelRegistry:
         if not self.holds_lock(device_id):
             raise RuntimeError("set_pointer needs device_lock held: use promote, or take the lock")
         meta = self.verify_version(device_id, version)
-        current = self.read_pointer(device_id)
-        if current is None:
-            previous = None
-        elif current["version"] == version:  # re-promoting keeps the rollback target
-            previous = current.get("previous_version")
-        else:
-            previous = current["version"]
+        previous = _previous_after(self.read_pointer(device_id), version)
         return self._write_pointer(device_id, meta, previous, reason)
 
     def promote(self, device_id: str, version: str, *, reason: str | None = None) -> dict[str, Any]:
@@ -660,7 +774,8 @@ class ModelRegistry:
     def rollback(self, device_id: str, to: str | None = None) -> dict[str, Any]:
         """Move the pointer back (to `previous_version` or `to`); twice in a row rolls forward.
 
-        With `to`, a corrupt pointer is replaced, which is how one is repaired.
+        With `to`, a corrupt pointer is replaced, which is how one is repaired. From a
+        smart-persistence fallback, the model it displaced is `previous_version`.
         """
         device_id = validate_device_id(device_id)
         if to is not None:
@@ -678,6 +793,12 @@ class ModelRegistry:
                     f"train one with `solar-ml retrain --device {device_id}`"
                 )
             target = to if to is not None else current.get("previous_version")
+            if target is None and is_fallback(current):
+                raise NoPreviousVersion(
+                    f"device {device_id} is served by smart persistence and no model served "
+                    f"before it: name a version with `--to VERSION` (see `solar-ml model list "
+                    f"--device {device_id}`) or retrain"
+                )
             if target is None:
                 raise NoPreviousVersion(
                     f"device {device_id}'s current model records no previous version: "
@@ -689,7 +810,7 @@ class ModelRegistry:
                     "name another with `--to VERSION`"
                 )
             meta = self.verify_version(device_id, target)
-            previous = current["version"] if current is not None else None
+            previous = _previous_after(current, target)
             return self._write_pointer(device_id, meta, previous, f"rollback to {target}")
 
     # housekeeping
@@ -746,7 +867,8 @@ class ModelRegistry:
             return DevicePrune(device_id, [], [], 0, f"pointer unreadable, nothing pruned: {exc}")
         protected = set()
         if pointer is not None:
-            protected.add(pointer["version"])
+            if pointer["version"] is not None:  # None: a smart-persistence fallback
+                protected.add(pointer["version"])
             if pointer.get("previous_version"):
                 protected.add(pointer["previous_version"])
         files = self._version_files(device_id)
@@ -788,7 +910,8 @@ class ModelRegistry:
 __all__ = [
     "ChecksumMismatch", "CorruptMeta", "CorruptPointer", "DevicePrune", "InvalidVersion",
     "LockTimeout", "ModelCandidate", "ModelRegistry", "ModelStoreError", "NoCurrentModel",
-    "NoPreviousVersion", "PruneReport", "StoredVersion", "VersionNotFound",
+    "NoPreviousVersion", "PruneReport", "SERVING_FALLBACK", "SERVING_KINDS", "SERVING_MODEL",
+    "StoredVersion", "VersionNotFound", "is_fallback",
     "UnsafePath", "atomic_write_bytes", "atomic_write_json", "deserialize_model",
     "serialize_model", "sha256_hex", "validate_version",
 ]

@@ -4,6 +4,8 @@ Each call reads the small pointer file, so a promotion or rollback is served on 
 without a restart; the unpickled model is cached by (device, version, sha256), so an unchanged
 pointer costs one JSON read. Bytes are unpickled only after their sha256 matches both the
 pointer and the version's meta: a torn, replaced or tampered file raises, never serves.
+A smart-persistence fallback pointer (no model of the device beats persistence) is served
+as such: no model, `serving` says so and `reason` says why; the caller forecasts without one.
 """
 
 from __future__ import annotations
@@ -13,15 +15,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solar_ml_pipeline.config import validate_device_id
-from solar_ml_pipeline.registry import ModelRegistry, NoCurrentModel
+from solar_ml_pipeline.registry import (
+    SERVING_FALLBACK,
+    SERVING_MODEL,
+    ModelRegistry,
+    NoCurrentModel,
+    is_fallback,
+)
 
 
 @dataclass(frozen=True)
 class ServedModel:
+    """What serves a device: a model (`serving` "model"), or smart persistence
+    (`serving` "smart_persistence", `version` and `model` None, `reason` why)."""
+
     device_id: str
-    version: str
+    version: str | None
     model: Any = field(repr=False)
     pointer: dict[str, Any]
+    serving: str = SERVING_MODEL
+    reason: str | None = None
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.serving == SERVING_FALLBACK
 
 
 class ModelServer:
@@ -40,6 +57,11 @@ class ModelServer:
                 f"device {device_id} has no current model: "
                 f"train one with `solar-ml retrain --device {device_id}`"
             )
+        if is_fallback(pointer):
+            with self._lock:
+                self._cache.pop(device_id, None)  # the displaced model is not served: free it
+            return ServedModel(device_id, None, None, pointer, serving=SERVING_FALLBACK,
+                               reason=pointer["reason"])
         key = (device_id, pointer["version"], pointer["sha256"])
         with self._lock:
             cached = self._cache.get(device_id)

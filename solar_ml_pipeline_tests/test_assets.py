@@ -150,5 +150,102 @@ def test_gate_promotes_only_a_model_that_beats_persistence_in_daylight(settings,
     assert isinstance(record["daylight_mae"], float)
     beats = record["daylight_mae"] < record["daylight_persistence_mae"]
     assert record["promoted"] is beats
-    pointer = settings.model_dir / device_with_data / "current_model.json"
-    assert pointer.exists() is beats
+    pointer = json.loads((settings.model_dir / device_with_data / "current_model.json").read_text())
+    # refused with no champion: the device is served by smart persistence instead
+    assert pointer["version"] == (record["version"] if beats else None)
+    assert pointer["serving"] == ("model" if beats else "smart_persistence")
+
+
+# -- the smart-persistence fallback (issue 8 item 4) -------------------------------------------
+
+LOSES, BEATS = 1e9, 0.0  # daylight MAEs: above any persistence MAE, below every one
+
+
+def _gate(monkeypatch, *, challenger=None, champion=None):
+    """Pin the daylight MAEs the gate judges (the challenger's, the champion's on the same
+    rows); the persistence MAE stays the real one of the test window."""
+    from dataclasses import replace
+
+    from solar_ml_pipeline import promotion, training
+
+    real = promotion.daylight_gate_contender
+
+    def contender(version, metrics, cutoff):
+        return replace(real(version, metrics, cutoff), gate_mae=challenger)
+
+    monkeypatch.setattr(promotion, "daylight_gate_contender", contender)
+    if champion is not None:
+        monkeypatch.setattr(training, "daylight_score_on", lambda *args, **kwargs: champion)
+
+
+def _pointer(settings, device_id):
+    from solar_ml_pipeline.registry import ModelRegistry
+
+    return ModelRegistry(settings.model_dir).read_pointer(device_id)
+
+
+def test_fallback_when_the_gate_refuses_with_no_champion_until_a_newer_challenger_passes(
+        settings, store, device_with_data, monkeypatch):
+    gated = settings.with_overrides(require_beat_persistence=True)
+    _gate(monkeypatch, challenger=LOSES)
+    refused_run = _retrain(gated, device_with_data)
+    refused = store.get_run(refused_run)
+    assert (refused["status"], refused["promoted"], refused["decision_rule"]) == (
+        "success", False, "loses_to_persistence")
+    assert refused["serving"] == "smart_persistence"
+    assert "no model beats persistence, so it is served by smart persistence" in refused["decision_reason"]
+    pointer = _pointer(settings, device_with_data)
+    assert (pointer["serving"], pointer["version"], pointer["previous_version"]) == (
+        "smart_persistence", None, None)
+    assert pointer["challenger_version"] == refused["version"]
+    assert pointer["daylight_mae"] == LOSES
+    assert pointer["daylight_persistence_mae"] == refused["daylight_persistence_mae"]
+    assert pointer["reason"] == refused["decision_reason"]
+    decision = _materialisation_metadata(refused_run)["promotion_decision"]
+    assert decision["serving"].value == "smart_persistence"
+    assert isinstance(decision["serving_fallback"], dg.IntMetadataValue)
+    assert decision["serving_fallback"].value == 1
+    # nothing downstream: the decision is metadata, never a pickled output per partition
+    assert not (settings.dagster_home / "storage" / "promotion_decision").exists()
+
+    _gate(monkeypatch, challenger=BEATS)
+    backfill = store.get_run(_retrain(gated, device_with_data, period="2026-03-08", days=2))
+    assert (backfill["promoted"], backfill["decision_rule"]) == (False, "backfill")
+    assert backfill["serving"] == "smart_persistence"
+    assert _pointer(settings, device_with_data) == pointer
+
+    passed_run = _retrain(gated, device_with_data)
+    passed = store.get_run(passed_run)
+    assert (passed["promoted"], passed["decision_rule"], passed["serving"]) == (
+        True, "no_champion", "model")
+    assert "replaces the smart-persistence fallback" in passed["decision_reason"]
+    served = _pointer(settings, device_with_data)
+    assert (served["serving"], served["version"]) == ("model", passed["version"])
+    assert _materialisation_metadata(passed_run)["promotion_decision"]["serving_fallback"].value == 0
+
+
+def test_a_refused_challenger_leaves_a_champion_that_beats_persistence_and_displaces_one_that_does_not(
+        settings, store, device_with_data, monkeypatch):
+    champion = store.get_run(_retrain(settings, device_with_data))  # gate off: promoted
+    before = (settings.model_dir / device_with_data / "current_model.json").read_bytes()
+    gated = settings.with_overrides(require_beat_persistence=True)
+
+    _gate(monkeypatch, challenger=LOSES, champion=BEATS)
+    kept = store.get_run(_retrain(gated, device_with_data))
+    assert (kept["promoted"], kept["serving"], kept["champion_daylight_mae"]) == (False, "model", BEATS)
+    assert f"champion {champion['version']} stays in service" in kept["decision_reason"]
+    assert (settings.model_dir / device_with_data / "current_model.json").read_bytes() == before
+
+    _gate(monkeypatch, challenger=LOSES, champion=LOSES)
+    displaced_run = _retrain(gated, device_with_data)
+    displaced = store.get_run(displaced_run)
+    assert (displaced["promoted"], displaced["serving"]) == (False, "smart_persistence")
+    assert f"champion {champion['version']} loses to persistence too" in displaced["decision_reason"]
+    pointer = _pointer(settings, device_with_data)
+    assert (pointer["serving"], pointer["version"]) == ("smart_persistence", None)
+    assert pointer["previous_version"] == champion["version"]  # the rollback target
+    assert (pointer["challenger_version"], pointer["champion_daylight_mae"]) == (
+        displaced["version"], LOSES)
+    metadata = _materialisation_metadata(displaced_run)["promotion_decision"]
+    assert metadata["serving_fallback"].value == 1
+    assert metadata["champion_daylight_mae"].value == LOSES

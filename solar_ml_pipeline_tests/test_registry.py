@@ -551,3 +551,129 @@ def test_device_lock_excludes_another_thread_and_other_devices_stay_free(registr
         thread.start()
         thread.join(timeout=10)
     assert outcome == {DEVICE: "timeout", "tracker02": "acquired"}
+
+
+# --- the smart-persistence fallback pointer ---------------------------------------------------
+
+FIGURES = {"daylight_mae": 31.0, "daylight_persistence_mae": 30.0, "champion_daylight_mae": 32.5}
+
+
+def _fallback(registry, challenger=None, reason="no model beats persistence", **kwargs):
+    with registry.device_lock(DEVICE):
+        return registry.set_fallback(DEVICE, reason=reason, challenger_version=challenger,
+                                     figures=FIGURES, **kwargs)
+
+
+def test_a_fallback_pointer_names_no_version_keeps_the_displaced_model_and_reads_back(registry):
+    _save(registry, 1)
+    registry.promote(DEVICE, _version(1))
+    pointer = _fallback(registry, challenger=_version(2), cutoff="2026-02-25T13:00:00Z")
+    assert pointer == registry.read_pointer(DEVICE)
+    assert (pointer["serving"], pointer["version"], pointer["previous_version"]) == (
+        "smart_persistence", None, _version(1))
+    assert (pointer["challenger_version"], pointer["cutoff"]) == (_version(2), "2026-02-25T13:00:00Z")
+    assert {name: pointer[name] for name in FIGURES} == FIGURES
+    assert pointer["reason"] == "no model beats persistence" and pointer["updated_at"].endswith("Z")
+    assert "model_path" not in pointer and "sha256" not in pointer
+    assert registry_module.is_fallback(pointer)
+
+
+def test_a_second_fallback_keeps_the_model_the_first_one_displaced(registry):
+    _save(registry, 1)
+    registry.promote(DEVICE, _version(1))
+    _fallback(registry)
+    assert _fallback(registry, reason="still nothing beats it")["previous_version"] == _version(1)
+
+
+def test_a_fallback_is_only_written_under_the_device_lock(registry):
+    with pytest.raises(RuntimeError, match="device_lock"):
+        registry.set_fallback(DEVICE, reason="no model beats persistence")
+    assert registry.read_pointer(DEVICE) is None
+
+
+def test_model_pointers_say_they_serve_a_model_and_old_pointers_without_the_field_still_read(
+        registry):
+    _save(registry, 1)
+    pointer = registry.promote(DEVICE, _version(1))
+    assert pointer["serving"] == "model" and not registry_module.is_fallback(pointer)
+    old = {k: v for k, v in pointer.items() if k != "serving"}
+    atomic_write_json(registry.pointer_path(DEVICE), old)
+    assert registry.read_pointer(DEVICE) == old
+
+
+def test_promoting_over_a_fallback_keeps_the_displaced_model_as_the_rollback_target(registry):
+    _save(registry, 1), _save(registry, 2)
+    registry.promote(DEVICE, _version(1))
+    _fallback(registry)
+    pointer = registry.promote(DEVICE, _version(2))
+    assert (pointer["serving"], pointer["version"], pointer["previous_version"]) == (
+        "model", _version(2), _version(1))
+
+
+def test_rollback_from_a_fallback_serves_the_displaced_model_again(registry):
+    _save(registry, 1)
+    registry.promote(DEVICE, _version(1))
+    _fallback(registry)
+    pointer = registry.rollback(DEVICE)
+    assert (pointer["serving"], pointer["version"], pointer["previous_version"]) == (
+        "model", _version(1), None)
+    assert registry.read_pointer(DEVICE) == pointer
+
+
+def test_rollback_from_a_fallback_with_no_model_before_it_names_the_fix(registry):
+    _save(registry, 1)
+    before = _fallback(registry)
+    with pytest.raises(NoPreviousVersion, match="served by smart persistence.*--to VERSION"):
+        registry.rollback(DEVICE)
+    assert registry.read_pointer(DEVICE) == before
+    assert registry.rollback(DEVICE, to=_version(1))["version"] == _version(1)
+
+
+def test_prune_keeps_the_model_a_fallback_displaced(registry):
+    for i in range(1, 6):
+        _save(registry, i)
+    registry.promote(DEVICE, _version(1))
+    _fallback(registry)
+    report = registry.prune(1)
+    assert report.devices[0].removed == [_version(i) for i in (2, 3, 4)]
+    assert [m["version"] for m in registry.list_versions(DEVICE)] == [_version(1), _version(5)]
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"version": "20260224_130000_aaaaaa"}, "fallback but names a version"),
+    ({"model_path": "/etc/passwd"}, "fallback but names model_path"),
+    ({"sha256": "0" * 64}, "fallback but names sha256"),
+    ({"reason": ""}, "without a reason"),
+    ({"reason": None}, "without a reason"),
+    ({"updated_at": None}, "without updated_at"),
+    ({"previous_version": "../../etc"}, "previous_version is not a version id"),
+    ({"challenger_version": "latest"}, "challenger_version is not a version id"),
+    ({"daylight_mae": "low"}, "daylight_mae is not a number"),
+    ({"cutoff": 5}, "cutoff is not a time"),
+    ({"device_id": "tracker02"}, "belongs to device 'tracker02'"),
+    ({"serving": "magic"}, "serving 'magic' is not one of model, smart_persistence"),
+])
+def test_read_pointer_refuses_a_malformed_fallback_pointer(registry, changes, problem):
+    pointer = _fallback(registry)
+    atomic_write_json(registry.pointer_path(DEVICE), {**pointer, **changes})
+    with pytest.raises(CorruptPointer, match=problem):
+        registry.read_pointer(DEVICE)
+
+
+def test_a_model_pointer_without_a_version_is_not_a_fallback(registry):
+    _save(registry, 1)
+    pointer = registry.promote(DEVICE, _version(1))
+    atomic_write_json(registry.pointer_path(DEVICE), {**pointer, "version": None})
+    with pytest.raises(CorruptPointer, match="names no valid version"):
+        registry.read_pointer(DEVICE)
+
+
+def test_restore_pointer_puts_back_a_fallback_read_earlier(registry):
+    _save(registry, 1)
+    registry.promote(DEVICE, _version(1))
+    fallback = _fallback(registry)
+    registry.rollback(DEVICE)
+    assert registry.restore_pointer(DEVICE, fallback) == registry.read_pointer(DEVICE) == fallback
+    with pytest.raises(CorruptPointer, match="without a reason"):
+        registry.restore_pointer(DEVICE, {**fallback, "reason": " "})
+    assert registry.read_pointer(DEVICE) == fallback

@@ -83,3 +83,19 @@ def test_a_file_replaced_together_with_its_meta_is_refused_by_the_pointer_sha(re
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ChecksumMismatch, match="its pointer says"):
         ModelServer(registry).load_current(DEVICE)
+
+
+def test_a_fallback_pointer_is_served_as_smart_persistence_with_its_reason_and_no_model(registry):
+    server = ModelServer(registry)
+    registry.promote(DEVICE, V1)
+    assert server.load_current(DEVICE).model == {"name": "first"}
+    with registry.device_lock(DEVICE):
+        registry.set_fallback(DEVICE, reason="no model beats persistence in daylight")
+    served = server.load_current(DEVICE)
+    assert (served.serving, served.version, served.model, served.is_fallback) == (
+        "smart_persistence", None, None, True)
+    assert served.reason == "no model beats persistence in daylight"
+    assert served.pointer["previous_version"] == V1
+    assert server._cache == {}  # the displaced model is not kept in memory
+    registry.rollback(DEVICE)
+    assert server.load_current(DEVICE).serving == "model"
