@@ -172,7 +172,8 @@ def _format_dry_run(plan: dict[str, Any]) -> str:
         f"  model    {plan['model_type']}, feature set {plan['feature_set']}, "
         f"horizon {plan['horizon_minutes']} min",
         f"  store    {plan['backend']}; models in {plan['model_dir']}; "
-        f"current version {plan['current_version'] or '-'}",
+        f"current version {plan['current_version'] or '-'}"
+        + (" (served by smart persistence)" if plan.get("serving") == "smart_persistence" else ""),
         "  nothing was trained or written",
     ])
 

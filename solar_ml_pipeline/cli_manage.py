@@ -91,6 +91,8 @@ def cmd_model_current(args: argparse.Namespace, settings: Settings) -> int:
 
 def format_current(shown: dict[str, Any]) -> str:
     device = shown["device_id"]
+    if shown.get("serving") == "smart_persistence":
+        return fallback_line(shown)
     if not shown["model_exists"]:
         return (f"{device} has no current model: train one with "
                 f"`solar-ml retrain --device {device}`")
@@ -105,6 +107,16 @@ def format_current(shown: dict[str, Any]) -> str:
     ])
 
 
+def fallback_line(shown: dict[str, Any]) -> str:
+    """One line: the device is served by smart persistence, why, and the way back."""
+    device = shown["device_id"]
+    previous = shown.get("previous_version")
+    back = (f"`solar-ml model rollback --device {device}` serves {previous} again" if previous
+            else f"the next model that beats persistence serves (`solar-ml retrain --device {device}`)")
+    return (f"{device}: served by smart persistence, no model (since {shown.get('updated_at')}): "
+            f"{shown.get('reason')}; {back}")
+
+
 def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
     listing = operations.list_models(settings, args.device)
     emit(args, listing, lambda: format_versions(listing))
@@ -117,8 +129,10 @@ def format_versions(listing: dict[str, Any]) -> str:
         return f"{device} has no model versions: train one with `solar-ml retrain --device {device}`"
     header = (f"  {'version':<23} {'trained_at (UTC)':<20} {'period':<11} {'MAE':>9} "
               f"{'skill':>7} {'size':>9}")
-    lines = [f"{device}: {len(versions)} versions, current {listing['current_version'] or '-'}",
-             header]
+    current = listing["current_version"] or (
+        "none, served by smart persistence" if listing.get("serving") == "smart_persistence"
+        else "-")
+    lines = [f"{device}: {len(versions)} versions, current {current}", header]
     for v in versions:
         mark = "*" if v["current"] else " "
         role = "current" if v["current"] else "previous" if v["previous"] else ""
@@ -135,7 +149,8 @@ def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
     result = _with_store(settings, lambda store: operations.rollback_model(
         settings, store, args.device, args.to))
     emit(args, result, lambda: (
-        f"{args.device}: now serving {result['version']} (was {result['previous_version']}); "
+        f"{args.device}: now serving {result['version']} "
+        f"(was {str(result['replaced']).replace('_', ' ')}); "
         f"recorded as run {result['run_id']}"))
     return EXIT_OK
 
@@ -173,11 +188,13 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     server = ModelServer(operations.registry_for(settings))
     forecast = operations.json_ready(_with_store(settings, lambda store: predict_latest(
         settings, store, server, args.device)))
+    source = (f"smart persistence, no model: {forecast['reason']}"
+              if forecast["serving"] == "smart_persistence" else f"model {forecast['version']}")
     emit(args, forecast, lambda: (
         f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)} forecast for "
         f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "
         f"{forecast['based_on']}, power then {number(forecast['current_power'], 1)}); "
-        f"model {forecast['version']}"))
+        f"{source}"))
     return EXIT_OK
 
 
@@ -213,7 +230,8 @@ def add_commands(sub: Any) -> None:
     model_sub = model.add_subparsers(dest="model_command", required=True,
                                      parser_class=type(model))
 
-    p = model_sub.add_parser("current", help="the model in service for a device")
+    p = model_sub.add_parser(
+        "current", help="the model in service for a device, or why smart persistence serves it")
     p.add_argument("--device", required=True)
     add_json_flag(p)
     p.set_defaults(handler=cmd_model_current)
@@ -224,7 +242,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_model_list)
 
     p = model_sub.add_parser(
-        "rollback", help="serve the previous version again (twice in a row rolls forward)")
+        "rollback", help="serve the previous version again (twice in a row rolls forward; "
+                         "from smart persistence, the model it displaced)")
     p.add_argument("--device", required=True)
     p.add_argument("--to", metavar="VERSION", help="serve this version instead of the previous")
     add_json_flag(p)
@@ -239,7 +258,8 @@ def add_commands(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(handler=cmd_model_prune)
 
-    p = sub.add_parser("predict", help="forecast power HORIZON_MINUTES ahead from the latest readings")
+    p = sub.add_parser("predict", help="forecast power HORIZON_MINUTES ahead from the latest "
+                                       "readings (smart persistence when no model beats it)")
     p.add_argument("--device", required=True)
     add_json_flag(p)
     p.set_defaults(handler=cmd_predict)

@@ -18,7 +18,15 @@ from datetime import datetime
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.registry import ModelRegistry, validate_version
+from solar_ml_pipeline.registry import (
+    FALLBACK_FIGURES,
+    SERVING_FALLBACK,
+    SERVING_MODEL,
+    ModelRegistry,
+    ModelStoreError,
+    is_fallback,
+    validate_version,
+)
 from solar_ml_pipeline.run_records import (
     KIND_ROLLBACK,
     STATUS_FAILED,
@@ -138,15 +146,29 @@ POINTER_EXTRAS = ("previous_version", "sha256", "metadata_path", "model_type", "
 
 
 def current_model(settings: Settings, device_id: str) -> dict[str, Any]:
-    """The original GET /api/ml/model/current shape, plus the pointer's other fields."""
+    """The original GET /api/ml/model/current shape, plus the pointer's other fields.
+
+    `serving` says what forecasts for the device: "model", "smart_persistence" (no model
+    beats persistence: `model_exists` false, `reason` why, the gate's figures) or None.
+    """
     validate_device_id(device_id)
     pointer = registry_for(settings).read_pointer(device_id)
     if pointer is None:
-        return {"model_exists": False, "device_id": device_id, "version": None,
+        return {"model_exists": False, "device_id": device_id, "serving": None, "version": None,
                 "updated_at": None, "model_path": None, "metrics": None}
+    if is_fallback(pointer):
+        fallback = {"model_exists": False, "device_id": device_id, "serving": SERVING_FALLBACK,
+                    "version": None, "updated_at": pointer["updated_at"], "model_path": None,
+                    "metrics": None, "reason": pointer["reason"],
+                    "previous_version": pointer.get("previous_version"),
+                    "challenger_version": pointer.get("challenger_version"),
+                    "cutoff": pointer.get("cutoff")}
+        fallback.update({name: pointer.get(name) for name in FALLBACK_FIGURES})
+        return json_ready(fallback)
     shown: dict[str, Any] = {
         "model_exists": True,
         "device_id": device_id,
+        "serving": SERVING_MODEL,
         "version": pointer["version"],
         "updated_at": pointer.get("updated_at"),
         "model_path": pointer["model_path"],
@@ -161,7 +183,7 @@ def list_models(settings: Settings, device_id: str) -> dict[str, Any]:
     validate_device_id(device_id)
     registry = registry_for(settings)
     pointer = registry.read_pointer(device_id)
-    current = pointer["version"] if pointer else None
+    current = pointer["version"] if pointer else None  # None too on smart persistence
     previous = pointer.get("previous_version") if pointer else None
     versions = []
     for meta in reversed(registry.list_versions(device_id)):
@@ -179,7 +201,8 @@ def list_models(settings: Settings, device_id: str) -> dict[str, Any]:
             "current": meta["version"] == current,
             "previous": meta["version"] == previous,
         })
-    return json_ready({"device_id": device_id, "current_version": current,
+    serving = None if pointer is None else pointer.get("serving", SERVING_MODEL)
+    return json_ready({"device_id": device_id, "serving": serving, "current_version": current,
                        "previous_version": previous, "versions": versions})
 
 
@@ -193,8 +216,11 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, Any],
-                    meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The run-log entry of a rollback: who serves now, with that version's own metrics."""
+                    meta: Mapping[str, Any], replaced: str | None = None) -> dict[str, Any]:
+    """The run-log entry of a rollback: who serves now, with that version's own metrics.
+
+    `replaced`: what served before (a version, or SERVING_FALLBACK); default the pointer's
+    previous_version."""
     metrics = pointer.get("metrics") or {}
     record = base_record(
         run_id=str(uuid.uuid4()), device_id=device_id, partition_key=None, period=None,
@@ -204,7 +230,7 @@ def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, An
         horizon_minutes=int(meta.get("horizon_minutes") or settings.horizon_minutes),
         model_type=meta.get("model_type"), trained_at=utc_now(),
     )
-    replaced = pointer.get("previous_version")
+    replaced = replaced or pointer.get("previous_version")
     record.update(
         kind=KIND_ROLLBACK, status=STATUS_SUCCESS, error=None, promoted=True,
         version=pointer["version"], model_path=pointer["model_path"],
@@ -212,8 +238,9 @@ def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, An
         mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
         train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
         persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
-        champion_version=replaced,
+        champion_version=None if replaced == SERVING_FALLBACK else replaced,
         decision_reason=f"Rollback by operator: {replaced} -> {pointer['version']}",
+        serving=SERVING_MODEL,
         duration_s=0.0, finished_at=utc_now(),
     )
     return record
@@ -225,6 +252,7 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
 
     As with promotion, a pointer move stands only once the run log holds it: if the record
     cannot be written, the pointer is moved back (still under the lock) and the error raised.
+    From a smart-persistence fallback, the model it displaced serves again.
     """
     validate_device_id(device_id)
     if to is not None:
@@ -232,12 +260,23 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
     store.ping()  # the usual outage is refused before anything moves
     registry = registry_for(settings)
     with registry.device_lock(device_id):  # reentrant: rollback() takes it too
+        try:
+            before = registry.read_pointer(device_id)
+        except ModelStoreError:
+            before = None  # a corrupt pointer: rollback(to=...) repairs it, or says why not
         pointer = registry.rollback(device_id, to)
+        replaced = SERVING_FALLBACK if is_fallback(before) else None
         record = rollback_record(settings, device_id, pointer,
-                                 registry.read_meta(device_id, pointer["version"]))
+                                 registry.read_meta(device_id, pointer["version"]), replaced)
         try:
             store.upsert_run(record)
         except Exception as exc:
+            if is_fallback(before):
+                registry.restore_pointer(device_id, before)
+                raise StoreUnavailable(
+                    f"rollback of {device_id} to {pointer['version']} undone: the run log could "
+                    f"not record it ({exc}); retry when the store is back"
+                ) from exc
             replaced = pointer.get("previous_version")
             if replaced is None:  # a repaired pointer: there is nothing sound to go back to
                 raise StoreUnavailable(
@@ -252,6 +291,7 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
     return json_ready({
         "success": True, "device_id": device_id, "version": pointer["version"],
         "previous_version": pointer.get("previous_version"),
+        "replaced": SERVING_FALLBACK if is_fallback(before) else pointer.get("previous_version"),
         "updated_at": pointer.get("updated_at"), "run_id": record["run_id"],
     })
 
@@ -393,9 +433,11 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
         rows = len(clean)
         if rows < settings.min_training_rows:
             problem = no_data_message(request.device_id, window.start, window.end, rows)
+    serving = None
     try:
         pointer = registry_for(settings).read_pointer(request.device_id)
         current = pointer["version"] if pointer else None
+        serving = pointer.get("serving", SERVING_MODEL) if pointer else None
     except Exception as exc:  # noqa: BLE001 - a broken pointer is reported, not fatal to a dry run
         current = f"unreadable: {exc}"
     return json_ready({
@@ -406,7 +448,7 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
         "min_training_rows": settings.min_training_rows, "model_type": settings.model_type,
         "feature_set": settings.feature_set, "horizon_minutes": settings.horizon_minutes,
         "backend": settings.backend, "model_dir": settings.model_dir,
-        "current_version": current,
+        "current_version": current, "serving": serving,
     })
 
 

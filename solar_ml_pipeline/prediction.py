@@ -2,7 +2,9 @@
 
 The features come from the same `build_feature_frame` that training uses (no target), over
 enough recent readings to fill the rolling windows, so serving sees what the model saw.
-The model comes through the serving loader (sha256-verified, promotion-aware).
+The model comes through the serving loader (sha256-verified, promotion-aware). When the
+device's pointer says no model beats persistence, the forecast is smart persistence (the
+clear-sky index stays what it is now) for the device's site, and the response says so.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.registry import SERVING_FALLBACK, SERVING_MODEL
 from solar_ml_pipeline.run_records import iso_z, utc_now
-from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.serving import ModelServer, ServedModel
 from solar_ml_pipeline.storage import Store
 
 # Readings read before `now`: ample for the 5-reading rolling means, the one-hour solar
@@ -57,12 +60,16 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
                    now: datetime | None = None) -> dict[str, Any]:
     """Forecast power `horizon` after the newest reading, which must be under `horizon` old.
 
+    `serving` says what made the forecast: "model", or "smart_persistence" (with `reason`,
+    `version` null) when the device's pointer says no model beats persistence.
     Raises NoCurrentModel (no model), PredictionUnavailable (no recent readings, or they lack
     a sensor the model needs) and the loader's errors (corrupt pointer, checksum mismatch).
     """
     validate_device_id(device_id)
     now = now or utc_now()
     served = server.load_current(device_id)
+    if served.is_fallback:
+        return _smart_persistence_latest(settings, store, served, now)
     # Imported once a model exists: the feature code loads pvlib, which "no model" need not wait for.
     from solar_ml_pipeline.features import build_feature_frame
     from solar_ml_pipeline.training import FeaturesUnavailable
@@ -92,6 +99,7 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
         raise PredictionUnavailable(f"device {device_id}, model {served.version}: {exc}") from None
     return {
         "device_id": device_id,
+        "serving": SERVING_MODEL,
         "version": served.version,
         "model_type": getattr(model, "model_type", None),
         "horizon_minutes": horizon,
@@ -100,5 +108,44 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
         "predicted_power": predicted,
         "current_power": float(latest["power"].iloc[0]),
         "readings_used": len(built.frame),
+        "generated_at": iso_z(now),
+    }
+
+
+def _smart_persistence_latest(settings: Settings, store: Store, served: ServedModel,
+                              now: datetime) -> dict[str, Any]:
+    """The fallback forecast from the newest reading, same freshness rule as a model's."""
+    from solar_ml_pipeline.readings import clean_readings
+    from solar_ml_pipeline.simulator import site_for_device
+    from solar_ml_pipeline.solar import smart_persistence_forecast
+
+    device_id = served.device_id
+    horizon = settings.horizon_minutes
+    readings = store.read_window(device_id, now - LOOKBACK, now + CLOCK_SKEW)
+    clean, _ = clean_readings(readings)
+    usable = clean.dropna(subset=["timestamp", "power"])
+    if usable.empty:
+        newest = store.latest_readings(device_id, 1)
+        newest_at = newest["timestamp"].iloc[-1].to_pydatetime() if len(newest) else None
+        raise PredictionUnavailable(_stale_message(device_id, newest_at, now, horizon))
+    forecast = smart_persistence_forecast(usable, site_for_device(store, settings, device_id),
+                                          horizon)
+    latest = forecast.iloc[-1]
+    based_on = latest["timestamp"].to_pydatetime()
+    if now - based_on > timedelta(minutes=horizon):
+        raise PredictionUnavailable(_stale_message(device_id, based_on, now, horizon))
+    return {
+        "device_id": device_id,
+        "serving": SERVING_FALLBACK,
+        "reason": served.reason,
+        "version": None,
+        "model_type": None,
+        "horizon_minutes": horizon,
+        "based_on": iso_z(based_on),
+        "forecast_for": iso_z(latest["forecast_for"].to_pydatetime()),
+        "predicted_power": float(latest["predicted_power"]),
+        "current_power": float(usable["power"].iloc[-1]),
+        "clear_sky_index": float(latest["clear_sky_index"]),
+        "readings_used": len(forecast),
         "generated_at": iso_z(now),
     }

@@ -20,6 +20,7 @@ from solar_ml_pipeline.registry import (
     ChecksumMismatch,
     ModelRegistry,
     NoCurrentModel,
+    NoPreviousVersion,
     VersionNotFound,
 )
 from solar_ml_pipeline.retraining import resolve_request
@@ -58,6 +59,17 @@ def save_constant_version(registry: ModelRegistry, device_id: str, value: float,
     if promote:
         registry.promote(device_id, version)
     return version
+
+
+FALLBACK_REASON = "Not promoted: no model beats persistence in daylight"
+
+
+def put_on_fallback(registry: ModelRegistry, device_id: str,
+                    reason: str = FALLBACK_REASON) -> dict:
+    """The pointer promotion writes when no model of the device beats persistence."""
+    with registry.device_lock(device_id):
+        return registry.set_fallback(device_id, reason=reason, figures={
+            "daylight_mae": 31.0, "daylight_persistence_mae": 30.0})
 
 
 def write_recent_readings(store, device_id: str, newest: datetime, minutes: int = 60) -> None:
@@ -158,8 +170,8 @@ def test_show_and_delete_a_run_and_unknown_ids_delete_nothing(store, logged_runs
 
 def test_current_model_has_the_original_shape_with_or_without_a_model(settings, registry):
     assert operations.current_model(settings, "t1") == {
-        "model_exists": False, "device_id": "t1", "version": None, "updated_at": None,
-        "model_path": None, "metrics": None,
+        "model_exists": False, "device_id": "t1", "serving": None, "version": None,
+        "updated_at": None, "model_path": None, "metrics": None,
     }
     first = save_constant_version(registry, "t1", 3.0, 1)
     second = save_constant_version(registry, "t1", 2.0, 2)
@@ -168,7 +180,23 @@ def test_current_model_has_the_original_shape_with_or_without_a_model(settings, 
     assert (shown["version"], shown["previous_version"]) == (second, first)
     assert shown["model_path"].endswith(f"model_{second}.pkl")
     assert {"mae": 2.0, "rmse": 4.0, "r2": 0.5}.items() <= shown["metrics"].items()
-    assert shown["updated_at"].endswith("Z")
+    assert shown["updated_at"].endswith("Z") and shown["serving"] == "model"
+
+
+def test_current_model_on_smart_persistence_says_so_why_and_what_it_displaced(settings,
+                                                                                registry):
+    first = save_constant_version(registry, "t1", 3.0, 1)
+    put_on_fallback(registry, "t1")
+    shown = operations.current_model(settings, "t1")
+    assert (shown["model_exists"], shown["serving"], shown["version"]) == (
+        False, "smart_persistence", None)
+    assert (shown["reason"], shown["previous_version"]) == (FALLBACK_REASON, first)
+    assert (shown["daylight_mae"], shown["daylight_persistence_mae"]) == (31.0, 30.0)
+    assert shown["updated_at"].endswith("Z") and shown["model_path"] is None
+    listing = operations.list_models(settings, "t1")
+    assert (listing["serving"], listing["current_version"], listing["previous_version"]) == (
+        "smart_persistence", None, first)
+    assert [(v["current"], v["previous"]) for v in listing["versions"]] == [(False, True)]
 
 
 def test_model_list_is_newest_first_and_marks_current_and_previous(settings, registry):
@@ -244,6 +272,43 @@ def test_a_rollback_the_run_log_cannot_record_is_undone(settings, store, registr
     assert registry.read_pointer("t1")["version"] == second
 
 
+def test_rollback_from_smart_persistence_serves_the_displaced_model_and_logs_it(settings, store,
+                                                                              registry):
+    first = save_constant_version(registry, "t1", 3.0, 1)
+    put_on_fallback(registry, "t1")
+    result = operations.rollback_model(settings, store, "t1")
+    assert (result["version"], result["replaced"]) == (first, "smart_persistence")
+    assert operations.current_model(settings, "t1")["serving"] == "model"
+    record = operations.list_runs(store, device_id="t1")["runs"][0]
+    assert (record["kind"], record["version"], record["champion_version"]) == (
+        KIND_ROLLBACK, first, None)
+    assert record["decision_reason"] == f"Rollback by operator: smart_persistence -> {first}"
+
+
+def test_a_rollback_from_smart_persistence_the_run_log_cannot_record_restores_the_fallback(
+        settings, store, registry, monkeypatch):
+    save_constant_version(registry, "t1", 3.0, 1)
+    fallback = put_on_fallback(registry, "t1")
+
+    def refuse(record):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "upsert_run", refuse)
+    with pytest.raises(StoreUnavailable, match="undone: the run log could not record it"):
+        operations.rollback_model(settings, store, "t1")
+    assert registry.read_pointer("t1") == fallback
+
+
+def test_rollback_from_smart_persistence_with_no_model_before_it_names_the_fix(settings, store,
+                                                                            registry):
+    version = save_constant_version(registry, "t1", 3.0, 1, promote=False)
+    put_on_fallback(registry, "t1")
+    with pytest.raises(NoPreviousVersion, match="served by smart persistence"):
+        operations.rollback_model(settings, store, "t1")
+    assert operations.list_runs(store)["total"] == 0
+    assert operations.rollback_model(settings, store, "t1", to=version)["version"] == version
+
+
 def test_prune_keeps_current_previous_and_newest_and_dry_run_deletes_nothing(settings,
                                                                                registry):
     versions = [save_constant_version(registry, "t1", float(day), day) for day in range(1, 6)]
@@ -283,6 +348,7 @@ def test_predict_serves_the_current_version_and_picks_up_a_promotion(settings, s
 
     forecast = predict_latest(settings, store, server, "t1", now=NOW)
     assert (forecast["version"], forecast["predicted_power"]) == (first, 111.0)
+    assert forecast["serving"] == "model"
     assert forecast["based_on"] == "2026-03-12T05:58:00Z"
     assert forecast["forecast_for"] == "2026-03-12T06:13:00Z"
     assert forecast["current_power"] == 200.0 and forecast["readings_used"] == 60
@@ -318,6 +384,7 @@ def test_dry_run_counts_the_window_and_writes_nothing(settings, store):
     assert plan["ready"] is True and plan["problem"] is None
     assert (plan["rows"], plan["period"], plan["days"]) == (expected_rows, PERIOD, settings.retrain_days)
     assert plan["window_end"] == "2026-03-10T13:00:00Z" and plan["current_version"] is None
+    assert plan["serving"] is None
     assert not settings.dagster_home.exists() and not settings.model_dir.exists()
     assert store.list_runs().total == 0
 
