@@ -24,6 +24,8 @@ from solar_ml_pipeline.run_records import utc_now
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 from solar_ml_pipeline_tests.test_operations import (
+    FALLBACK_REASON,
+    put_on_fallback,
     run_record,
     save_constant_version,
     write_recent_readings,
@@ -223,6 +225,26 @@ def test_predict_serves_the_current_model_and_follows_a_rollback(client, setting
     operations.rollback_model(settings_with_token, api_store, "pr")
     forecast = client.get("/api/ml/predict", params={"device_id": "pr"}).json()
     assert (forecast["version"], forecast["predicted_power"]) == (first, 111.0)
+
+
+def test_a_device_on_smart_persistence_is_reported_by_model_current_and_predict(
+        client, settings_with_token, api_store):
+    registry = operations.registry_for(settings_with_token)
+    displaced = save_constant_version(registry, "fb", 111.0, 1)
+    put_on_fallback(registry, "fb")
+    write_recent_readings(api_store, "fb", utc_now() - timedelta(minutes=1))
+    current = client.get("/api/ml/model/current", params={"device_id": "fb"})
+    assert current.status_code == 200, current.text
+    shown = current.json()
+    assert (shown["model_exists"], shown["serving"], shown["version"]) == (
+        False, "smart_persistence", None)
+    assert (shown["reason"], shown["previous_version"]) == (FALLBACK_REASON, displaced)
+    forecast = client.get("/api/ml/predict", params={"device_id": "fb"})
+    assert forecast.status_code == 200, forecast.text
+    served = forecast.json()
+    assert (served["serving"], served["version"], served["reason"]) == (
+        "smart_persistence", None, FALLBACK_REASON)
+    assert isinstance(served["predicted_power"], float) and served["predicted_power"] != 111.0
 
 
 def test_predict_is_404_without_a_model_and_409_without_recent_readings(

@@ -30,7 +30,13 @@ from solar_ml_pipeline_tests.conftest import (
     simulate_into,
 )
 from solar_ml_pipeline_tests.test_api import free_port
-from solar_ml_pipeline_tests.test_operations import run_record, save_constant_version
+from solar_ml_pipeline_tests.test_operations import (
+    FALLBACK_REASON,
+    put_on_fallback,
+    run_record,
+    save_constant_version,
+    write_recent_readings,
+)
 
 CLI = [sys.executable, "-m", "solar_ml_pipeline.cli"]
 
@@ -174,7 +180,7 @@ def test_bad_input_exits_2_with_one_line(in_home, capsys, argv, expected):
 @pytest.mark.parametrize("command", [
     ["simulate"], ["import"], ["retrain"], ["runs", "list"], ["runs", "show"], ["runs", "delete"],
     ["model", "current"], ["model", "list"], ["model", "rollback"], ["model", "prune"],
-    ["predict"], ["api"], ["ui"], ["demo"],
+    ["predict"], ["api"], ["ui"], ["demo"], ["device", "set"], ["device", "list"],
 ])
 def test_every_command_has_help_and_a_json_flag(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -305,6 +311,36 @@ def test_predict_without_a_model_exits_1_with_one_line(in_home, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["solar-ml: error: device nomodel has no current model: train one with "
                    "`solar-ml retrain --device nomodel`"]
+
+
+def test_a_device_on_smart_persistence_is_reported_by_model_current_predict_and_rollback(
+        home, in_home, capsys):
+    registry = operations.registry_for(home["settings"])
+    displaced = save_constant_version(registry, "fb", 120.0, 1)
+    put_on_fallback(registry, "fb")
+    write_recent_readings(home["store"], "fb", utc_now() - timedelta(minutes=1))
+
+    assert cli.main(["model", "current", "--device", "fb"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fb: served by smart persistence, no model")
+    assert FALLBACK_REASON in lines[0]
+    assert f"`solar-ml model rollback --device fb` serves {displaced} again" in lines[0]
+    assert cli.main(["model", "list", "--device", "fb"]) == 0
+    assert "current none, served by smart persistence" in capsys.readouterr().out
+
+    result = solar_ml(home["env"], "predict", "--device", "fb", "--json")
+    assert result.returncode == 0, result.stderr
+    forecast = json.loads(result.stdout)
+    assert (forecast["serving"], forecast["version"], forecast["reason"]) == (
+        "smart_persistence", None, FALLBACK_REASON)
+    assert cli.main(["predict", "--device", "fb"]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"smart persistence, no model: {FALLBACK_REASON}")
+
+    assert cli.main(["model", "rollback", "--device", "fb"]) == 0
+    assert f"fb: now serving {displaced} (was smart persistence)" in capsys.readouterr().out
+    assert cli.main(["predict", "--device", "fb"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"model {displaced}")
 
 
 def test_api_command_serves_on_loopback_by_default(home):
