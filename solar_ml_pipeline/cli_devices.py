@@ -67,6 +67,10 @@ def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
 def format_sites(listing: dict[str, Any]) -> str:
     lines = []
     for entry in listing["devices"]:
+        if entry.get("problem"):
+            lines.append(f"{entry['device_id']:<12} unusable site: {entry['problem']}: fix it "
+                         f"with `solar-ml device set --device {entry['device_id']}`")
+            continue
         lines.append(f"{entry['device_id']:<12} {_site_text(entry)}")
     if not lines:
         lines.append("no device has a site: register one with "

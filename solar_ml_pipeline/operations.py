@@ -402,7 +402,12 @@ def list_device_sites(settings: Settings, store: Store) -> dict[str, Any]:
     from solar_ml_pipeline.config import is_valid_device_id
     from solar_ml_pipeline.simulator import site_from_settings
 
-    sites = [_site_entry(settings, record, record["device_id"]) for record in store.list_sites()]
+    sites = []
+    for record in store.list_sites():
+        try:
+            sites.append(_site_entry(settings, record, record["device_id"]))
+        except ValueError as exc:  # written around `device set`: shown, so it can be fixed
+            sites.append({**record, "defaults": [], "problem": str(exc)})
     registered = {entry["device_id"] for entry in sites}
     defaulted = [d for d in store.list_devices() if is_valid_device_id(d) and d not in registered]
     return json_ready({"devices": sites, "default_site": asdict(site_from_settings(settings)),

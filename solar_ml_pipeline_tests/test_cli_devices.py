@@ -91,6 +91,22 @@ def test_device_list_names_the_devices_with_readings_on_the_default_site(backend
     assert "devices with readings on it: t2, t3" in out
 
 
+def test_device_list_shows_a_site_stored_around_device_set_that_cannot_be_used(backend, capsys):
+    from solar_ml_pipeline.config import load_settings
+
+    store = storage.open_store(load_settings())
+    try:
+        store.set_site("t9", {"latitude": 95.0, "longitude": 13.4})  # e.g. edited in MongoDB
+    finally:
+        store.close()
+    entry = run_json(capsys, "device", "list")["devices"][0]
+    assert entry["device_id"] == "t9" and "latitude=95.0 is invalid" in entry["problem"]
+    code, out, _ = run(capsys, "device", "list")
+    assert code == 0 and out.startswith("t9           unusable site: site latitude=95.0")
+    run_json(capsys, "device", "set", "--device", "t9", "--lat", "52.5")  # the fix
+    assert "problem" not in run_json(capsys, "device", "list")["devices"][0]
+
+
 def test_device_list_of_an_empty_store_says_how_to_register_one(backend, capsys):
     code, out, _ = run(capsys, "device", "list")
     assert code == 0 and "no device has a site: register one with `solar-ml device set" in out
