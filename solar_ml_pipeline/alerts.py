@@ -138,6 +138,19 @@ def _run_duration_s(instance: dg.DagsterInstance, run_id: str) -> float | None:
     return None
 
 
+def cancel_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the run was being cancelled when it failed: run monitoring's runtime limit.
+
+    A run over max_runtime_seconds whose worker cannot be reached to stop it (it died with the
+    daemon or the host) is failed with a message that only says it was "forcibly marked as
+    failed"; the first cancel event names the limit.
+    """
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.RUN_CANCELING, limit=1).records
+    message = records[0].event_log_entry.message if records else ""
+    return one_line(message).rstrip(".") or None
+
+
 def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
     """Alert on failed runs of this code location: the retrain job and ad-hoc asset runs."""
 
@@ -159,10 +172,11 @@ def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
     def run_failure_alert_sensor(context: dg.RunFailureSensorContext, store: StoreResource) -> None:
         run = context.dagster_run
         device_id, period = device_and_period(run.tags)
-        failed = FailedRun(
-            run_id=run.run_id, job_name=run.job_name, device_id=device_id, period=period,
-            error=failure_message(context.failure_event, list(context.get_step_failure_events())),
-        )
+        error = failure_message(context.failure_event, list(context.get_step_failure_events()))
+        if reason := cancel_reason(context.instance, run.run_id):
+            error = f"{reason}: {error}"
+        failed = FailedRun(run_id=run.run_id, job_name=run.job_name, device_id=device_id,
+                           period=period, error=error)
         subject = f"{device_id} {period}" if device_id else run.job_name
         context.log.error(f"run {run.run_id} ({subject}) failed: {failed.error}")
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,8 +50,12 @@ class DagsterDev:
     log_path: Path
 
     def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(log_path: Path, lines: int = 60) -> str:
+    text = log_path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
 
 
 def free_port() -> int:
@@ -109,16 +113,31 @@ def _server_info(url: str) -> bool:
         return False
 
 
-def _wait_until_ready(dev: DagsterDev) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not _server_info(dev.url):
-        if dev.process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"dagster dev did not serve /server_info:\n{dev.log_tail()}")
+def start_dagster_dev(env: Mapping[str, str], port: int, cwd: Path,
+                      log_path: Path) -> subprocess.Popen:
+    """`dagster dev` on 127.0.0.1:port in its own session: its pid is the group to kill.
+    Output is appended to log_path, so a restart continues the same log."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-m", "solar_ml_pipeline.definitions",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_until_serving(api: DagsterApi, process: subprocess.Popen, log_path: Path,
+                       timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Fail the test unless the webserver answers and our code location loads in time."""
+    deadline = time.monotonic() + timeout_s
+    while not _server_info(api.base_url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"dagster dev did not serve /server_info:\n{log_tail(log_path)}")
         time.sleep(0.5)
-    while not dev.api.find_repository():
-        errors = dev.api.location_errors()
+    while not api.find_repository():
+        errors = api.location_errors()
         if errors or time.monotonic() > deadline:
-            pytest.fail(f"code location did not load: {errors}\n{dev.log_tail()}")
+            pytest.fail(f"code location did not load: {errors}\n{log_tail(log_path)}")
         time.sleep(0.5)
 
 
@@ -163,18 +182,12 @@ def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
         env.update(test_env, DAGSTER_WEBSERVER_URL=url, PYTHONUNBUFFERED="1",
                    NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
         log_path = root / "dagster_dev.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "dagster", "dev", "-m", "solar_ml_pipeline.definitions",
-                 "-h", "127.0.0.1", "-p", str(port)],
-                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = start_dagster_dev(env, port, root, log_path)
         dev = DagsterDev(url=url, api=DagsterApi(url), process=process, settings=settings,
                          webhook=webhook, started_at=started_at, retrain_at=retrain_at,
                          log_path=log_path)
         try:
-            _wait_until_ready(dev)
+            wait_until_serving(dev.api, process, log_path)
             assert live_group_members(process.pid), "the process-group check sees no live member"
             yield dev
         finally:
