@@ -7,6 +7,7 @@ instance, so they show in the UI beside scheduled ones.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,9 @@ from solar_ml_pipeline.partitions import (
     period_bounds,
     period_key_at,
 )
-from solar_ml_pipeline.run_records import utc_now
+from solar_ml_pipeline.run_records import one_line, utc_now
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ def _record_failure(settings: Settings, request: RetrainRequest,
     run_failure = next((e for e in events if e.event_type == dg.DagsterEventType.RUN_FAILURE),
                        None)
     message = failure_message(run_failure, [e for e in events if e.is_step_failure])
-    record_failed_attempt(open_store(settings), settings, run_id=result.run_id,
-                          device_id=request.device_id, period_key=request.period_key,
-                          days=request.days, message=message)
+    try:
+        record_failed_attempt(open_store(settings), settings, run_id=result.run_id,
+                              device_id=request.device_id, period_key=request.period_key,
+                              days=request.days, message=message)
+    except Exception as exc:  # noqa: BLE001 - the run failed either way; say that, not this
+        logger.warning(f"could not record the failed attempt of run {result.run_id}: "
+                       f"{one_line(str(exc))}")
