@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.registry import ModelRegistry, is_fallback
 from solar_ml_pipeline.storage import Store
 
 CLI = (sys.executable, "-m", "solar_ml_pipeline.cli")
@@ -58,7 +58,8 @@ def audit_model_store(registry: ModelRegistry, store: Store, device_id: str) -> 
     - every complete version's pkl hashes to its meta's sha256 and loads (verified);
     - a pkl under its final name without a meta (a save cut short) is a whole pickle, never a
       torn one, and is not listed as a version; every meta file is whole JSON;
-    - the pointer, if any, parses and names a complete version whose bytes hash to its sha256;
+    - the pointer, if any, parses and names a complete version whose bytes hash to its sha256,
+      or is a smart-persistence fallback whose previous version, if any, is complete;
     - every `success` record of a retrain names a complete version.
     """
     complete = {meta["version"]: meta for meta in registry.list_versions(device_id)}
@@ -75,7 +76,11 @@ def audit_model_store(registry: ModelRegistry, store: Store, device_id: str) -> 
         for path in folder.glob("model_*_meta.json"):
             json.loads(path.read_bytes())
     pointer = registry.read_pointer(device_id)
-    if pointer is not None:
+    if is_fallback(pointer):
+        previous = pointer.get("previous_version")
+        assert previous is None or previous in complete, (
+            f"fallback pointer keeps {previous} for rollback, complete: {sorted(complete)}")
+    elif pointer is not None:
         version = pointer["version"]
         assert version in complete, f"pointer names {version}, complete: {sorted(complete)}"
         assert sha256_of(registry.model_path(device_id, version)) == pointer["sha256"]
