@@ -37,6 +37,9 @@ from solar_ml_pipeline.config import (
     validate_device_id,
 )
 
+# Set to anything to let unexpected errors end in their traceback.
+DEBUG_VARIABLE = "SOLAR_ML_DEBUG"
+
 __all__ = ["CommandFailed", "UsageError", "build_parser", "emit", "main"]
 
 
@@ -373,6 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("solar-ml: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug or an unforeseen fault (disk full, permissions): still one line for cron and
+        # operators; the traceback is one variable away for whoever debugs it.
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        message = " ".join(str(exc).split()) or "no message"
+        print(f"solar-ml: error: unexpected {type(exc).__name__}: {message[:500]} (set "
+              f"{DEBUG_VARIABLE}=1 to see the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

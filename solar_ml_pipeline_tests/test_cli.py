@@ -384,3 +384,24 @@ def test_demo_skips_invalid_device_ids_in_the_store_and_trains_the_valid_ones(
     assert [r["device_id"] for r in runs] == ["tracker01"]
     assert code == (0 if runs[0]["status"] == "success" else 1)
     assert "skipped invalid device id '../x'" in captured.err
+
+
+# --- unexpected errors ------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1_with_the_traceback_on_request(
+        in_home, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk quota exceeded\nwhile writing")
+
+    monkeypatch.setattr(operations, "list_runs", broken)
+    monkeypatch.delenv(cli.DEBUG_VARIABLE, raising=False)
+    assert cli.main(["runs", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("solar-ml: error: unexpected RuntimeError: disk quota exceeded while "
+                          "writing (set SOLAR_ML_DEBUG=1 to see the traceback)")
+
+    monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
+    with pytest.raises(RuntimeError, match="disk quota exceeded"):
+        cli.main(["runs", "list"])
