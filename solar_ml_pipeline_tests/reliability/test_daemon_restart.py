@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,21 @@ def run_failure_sensor_has_ticked(api: DagsterApi) -> bool:
     return sensor["sensorState"]["status"] == "RUNNING" and bool(sensor["sensorState"]["ticks"])
 
 
+def _serve(env: dict[str, str], cwd: Path, log_path: Path,
+           timeout_s: float) -> tuple[subprocess.Popen, DagsterApi]:
+    """`dagster dev` on a free port, serving; stopped again if it never serves."""
+    port = free_port()
+    api = DagsterApi(f"http://127.0.0.1:{port}")
+    process = start_dagster_dev({**env, "DAGSTER_WEBSERVER_URL": api.base_url}, port, cwd,
+                                log_path)
+    try:
+        wait_until_serving(api, process, log_path, timeout_s=timeout_s)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process, api
+
+
 def launch_retrain(api: DagsterApi, settings: Settings, days: int) -> str:
     """The run a UI launch of one device|period partition makes, with a --days window."""
     request = RetrainRequest(DEVICE, PERIOD, days)
@@ -144,11 +160,7 @@ def test_a_daemon_restart_mid_run_marks_the_run_failed_with_one_failed_record_an
     log_path = tmp_path / "dagster_dev.log"
     process = None
     try:
-        port = free_port()
-        api = DagsterApi(f"http://127.0.0.1:{port}")
-        process = start_dagster_dev({**env, "DAGSTER_WEBSERVER_URL": api.base_url}, port,
-                                    tmp_path, log_path)
-        wait_until_serving(api, process, log_path, timeout_s=budget.left())
+        process, api = _serve(env, tmp_path, log_path, budget.left())
         run_id = launch_retrain(api, settings, LONG_DAYS)
 
         training = wait_until(
@@ -173,11 +185,7 @@ def test_a_daemon_restart_mid_run_marks_the_run_failed_with_one_failed_record_an
         assert registry.pointer_path(DEVICE).read_bytes() == pointer_before
         assert [m["version"] for m in registry.list_versions(DEVICE)] == versions_before
 
-        port = free_port()
-        api = DagsterApi(f"http://127.0.0.1:{port}")
-        process = start_dagster_dev({**env, "DAGSTER_WEBSERVER_URL": api.base_url}, port,
-                                    tmp_path, log_path)
-        wait_until_serving(api, process, log_path, timeout_s=budget.left())
+        process, api = _serve(env, tmp_path, log_path, budget.left())
         # Queued at once: it waits behind the dead run's slot until run monitoring ends that run.
         retry_id = launch_retrain(api, settings, SHORT_DAYS)
 
