@@ -279,7 +279,7 @@ STAGES = (
     ("asset promotion_decision (champion load + score, pointer, run log)",
      ("assets.py", "promotion_decision")),
     ("IO manager: store the version (pickle, sha256, fsync)", ("io_managers.py", "handle_output")),
-    ("IO manager: reload the version for promotion (read, sha256, unpickle)",
+    ("IO manager: hand the version to promotion (sha256 streamed, no unpickle)",
      ("io_managers.py", "load_input")),
     ("Dagster event log writes", ("event_methods.py", "handle_new_event")),
 )
