@@ -89,3 +89,14 @@ def number(value: Any, digits: int = 4) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:.{digits}f}"
     return "-"
+
+
+def with_store(settings: Any, action: Callable[[Any], Any]) -> Any:
+    """Run `action(store)` on a store opened for this command and closed after it."""
+    from solar_ml_pipeline.storage import open_store  # looked up per call: tests swap backends
+
+    store = open_store(settings)
+    try:
+        return action(store)
+    finally:
+        store.close()

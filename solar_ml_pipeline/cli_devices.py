@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from solar_ml_pipeline import operations
-from solar_ml_pipeline.cli_common import EXIT_OK, add_json_flag, emit
+from solar_ml_pipeline.cli_common import EXIT_OK, add_json_flag, emit, with_store
 from solar_ml_pipeline.config import Settings
 
 SET_DESCRIPTION = (
@@ -21,16 +21,6 @@ SET_DESCRIPTION = (
     "altitude 0 m, capacity 300 W. Retrains, predictions and `simulate` use the site from "
     "their next run on."
 )
-
-
-def _with_store(settings: Settings, action: Any) -> Any:
-    from solar_ml_pipeline.storage import open_store  # looked up per call: tests swap backends
-
-    store = open_store(settings)
-    try:
-        return action(store)
-    finally:
-        store.close()
 
 
 def _site_text(entry: dict[str, Any]) -> str:
@@ -49,7 +39,7 @@ def _site_text(entry: dict[str, Any]) -> str:
 def cmd_device_set(args: argparse.Namespace, settings: Settings) -> int:
     fields = {"latitude": args.lat, "longitude": args.lon, "altitude": args.altitude,
               "capacity_w": args.capacity, "timezone": args.timezone}
-    entry = _with_store(settings, lambda store: operations.set_device_site(
+    entry = with_store(settings, lambda store: operations.set_device_site(
         settings, store, args.device, **fields))
     action = "created" if entry["created"] else f"updated {', '.join(entry['updated'])}"
     emit(args, entry, lambda: (
@@ -59,7 +49,7 @@ def cmd_device_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
-    listing = _with_store(settings, lambda store: operations.list_device_sites(settings, store))
+    listing = with_store(settings, lambda store: operations.list_device_sites(settings, store))
     emit(args, listing, lambda: format_sites(listing))
     return EXIT_OK
 

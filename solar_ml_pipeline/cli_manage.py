@@ -18,24 +18,15 @@ from solar_ml_pipeline.cli_common import (
     non_negative_int,
     number,
     positive_int,
+    with_store,
 )
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.storage import Store, open_store
-
-
-def _with_store(settings: Settings, action: Any) -> Any:
-    store: Store = open_store(settings)
-    try:
-        return action(store)
-    finally:
-        store.close()
-
 
 # --- runs -------------------------------------------------------------------------------------
 
 
 def cmd_runs_list(args: argparse.Namespace, settings: Settings) -> int:
-    page = _with_store(settings, lambda store: operations.list_runs(
+    page = with_store(settings, lambda store: operations.list_runs(
         store, device_id=args.device, status=args.status,
         promoted=True if args.promoted else None, limit=args.limit, skip=args.skip))
     emit(args, page, lambda: format_runs(page, args.skip))
@@ -60,7 +51,7 @@ def format_runs(page: dict[str, Any], skip: int) -> str:
 
 
 def cmd_runs_show(args: argparse.Namespace, settings: Settings) -> int:
-    record = _with_store(settings, lambda store: operations.show_run(store, args.run_id))
+    record = with_store(settings, lambda store: operations.show_run(store, args.run_id))
     emit(args, record, lambda: format_record(record))
     return EXIT_OK
 
@@ -75,7 +66,7 @@ def format_record(record: dict[str, Any]) -> str:
 
 
 def cmd_runs_delete(args: argparse.Namespace, settings: Settings) -> int:
-    result = _with_store(settings, lambda store: operations.delete_run(store, args.run_id))
+    result = with_store(settings, lambda store: operations.delete_run(store, args.run_id))
     emit(args, result, f"deleted run record {args.run_id} (model versions are kept)")
     return EXIT_OK
 
@@ -146,7 +137,7 @@ def format_versions(listing: dict[str, Any]) -> str:
 
 
 def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    result = _with_store(settings, lambda store: operations.rollback_model(
+    result = with_store(settings, lambda store: operations.rollback_model(
         settings, store, args.device, args.to))
     emit(args, result, lambda: (
         f"{args.device}: now serving {result['version']} "
@@ -186,7 +177,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from solar_ml_pipeline.serving import ModelServer
 
     server = ModelServer(operations.registry_for(settings))
-    forecast = operations.json_ready(_with_store(settings, lambda store: predict_latest(
+    forecast = operations.json_ready(with_store(settings, lambda store: predict_latest(
         settings, store, server, args.device)))
     source = (f"smart persistence, no model: {forecast['reason']}"
               if forecast["serving"] == "smart_persistence" else f"model {forecast['version']}")
