@@ -1,16 +1,23 @@
-"""docs/GUARANTEES.md and the tests it cites match one to one."""
+"""The README's Guarantees section and the tests it cites match one to one."""
 
 import re
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-GUARANTEES = TESTS.parent / "docs" / "GUARANTEES.md"
+README = TESTS.parent / "README.md"
 CITED = re.compile(r"`((?:R/)?[\w/]+\.py)::(test_\w+)`")
+
+
+def _guarantees() -> str:
+    text = README.read_text()
+    start = text.index("\n## Guarantees\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
 
 
 def _cited() -> list[tuple[Path, str]]:
     return [(TESTS / path.replace("R/", "reliability/", 1), name)
-            for path, name in CITED.findall(GUARANTEES.read_text())]
+            for path, name in CITED.findall(_guarantees())]
 
 
 def test_every_cited_test_exists():
