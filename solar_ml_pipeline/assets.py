@@ -382,6 +382,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
         champion = None
         champion_note = None
         champion_daylight = None
+        champion_unservable = False
         if pointer is not None and not on_fallback:
             champion_meta = registry.read_meta(device_id, pointer["version"])
             champion_cutoff = datetime.fromisoformat(
@@ -399,8 +400,12 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             except (training.FeaturesUnavailable, ModelStoreError) as exc:
                 champion_mae = float("nan")
                 champion_note = str(exc)
+                # missing, damaged or replaced: it cannot serve, so it is no reason to stay
+                champion_unservable = isinstance(exc, ModelStoreError)
             champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
-                                           cutoff=champion_cutoff)
+                                           cutoff=champion_cutoff,
+                                           persistence_mae=challenger.persistence_mae,
+                                           gate_mae=champion_daylight)
         # A fallback pointer is no champion: the next challenger that passes the gate serves.
         decision = _fallback_backfill(pointer, challenger) if on_fallback else None
         if decision is None:
@@ -410,10 +415,13 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
         champion_beats = _beats(champion_daylight, challenger.persistence_mae)
         to_fallback = (policy.require_beat_persistence and not decision.promoted
                        and decision.rule in GATE_REFUSALS
-                       and (champion is None or champion_beats is False))
+                       and (champion is None or champion_beats is False or champion_unservable))
         reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
         persistence = f"daylight persistence MAE {_number(challenger.persistence_mae)}"
-        if to_fallback and champion is not None:
+        if to_fallback and champion_unservable:
+            reason += (f"; champion {champion.version} cannot be served, so it is displaced and "
+                       f"{device_id} is served by smart persistence")
+        elif to_fallback and champion is not None:
             reason += (f"; champion {champion.version} loses to persistence too (daylight MAE "
                        f"{_number(champion_daylight)}, {persistence}), so it is displaced and "
                        f"{device_id} is served by smart persistence")

@@ -14,7 +14,9 @@ Rules, first match wins:
 5. champion MAE unknown (it could not be scored on this window): promoted;
 6. challenger MAE lower: promoted;
 7. challenger MAE at most `threshold_percent` above the champion's: promoted;
-8. otherwise not promoted.
+8. persistence gate on and the champion loses to persistence on the same gate rows (its
+   `gate_mae` at or above `persistence_mae`): promoted, the challenger having passed the gate;
+9. otherwise not promoted.
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def decide_promotion(challenger: Contender, champion: Contender | None, threshol
     if challenger.mae <= limit:
         return Decision(True, f"Promoted: within {threshold_percent:g}% threshold, {new} <= "
                               f"limit {_mae(limit)} ({old})", "within_threshold")
+    if (require_beat_persistence and _known(champion.gate_mae)
+            and _known(champion.persistence_mae)
+            and champion.gate_mae >= champion.persistence_mae):  # type: ignore[operator]
+        return Decision(True, f"Promoted: the challenger beats persistence and the champion "
+                              f"does not (champion gate MAE {_mae(champion.gate_mae)} >= "
+                              f"persistence MAE {_mae(champion.persistence_mae)}), although "
+                              f"{new} > limit {_mae(limit)} ({old})",
+                        "champion_loses_to_persistence")
     return Decision(False, f"Not promoted: worse by more than {threshold_percent:g}%, {new} > "
                            f"limit {_mae(limit)} ({old})", "worse")
 

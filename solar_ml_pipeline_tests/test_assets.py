@@ -249,3 +249,43 @@ def test_a_refused_challenger_leaves_a_champion_that_beats_persistence_and_displ
     metadata = _materialisation_metadata(displaced_run)["promotion_decision"]
     assert metadata["serving_fallback"].value == 1
     assert metadata["champion_daylight_mae"].value == LOSES
+
+
+def test_a_refused_challenger_displaces_a_champion_that_can_no_longer_be_served(
+        settings, store, device_with_data, monkeypatch):
+    champion = store.get_run(_retrain(settings, device_with_data))  # gate off: promoted
+    pointer = _pointer(settings, device_with_data)
+    Path(pointer["model_path"]).write_bytes(b"damaged on disk")
+    gated = settings.with_overrides(require_beat_persistence=True)
+
+    _gate(monkeypatch, challenger=LOSES)
+    refused = store.get_run(_retrain(gated, device_with_data))
+    assert (refused["promoted"], refused["serving"]) == (False, "smart_persistence")
+    assert f"champion {champion['version']} cannot be served" in refused["decision_reason"]
+    fallback = _pointer(settings, device_with_data)
+    assert (fallback["serving"], fallback["version"]) == ("smart_persistence", None)
+    assert fallback["previous_version"] == champion["version"]
+
+
+def test_a_challenger_that_beats_persistence_replaces_a_champion_that_does_not_even_if_worse(
+        settings, store, device_with_data, monkeypatch):
+    from dataclasses import replace
+
+    from solar_ml_pipeline import promotion, training
+
+    _retrain(settings, device_with_data)  # gate off: promoted
+    gated = settings.with_overrides(require_beat_persistence=True)
+    real = promotion.daylight_gate_contender
+    monkeypatch.setattr(promotion, "daylight_gate_contender", lambda *args: replace(
+        real(*args), gate_mae=BEATS, mae=1e6))  # passes the gate, far worse on all hours
+
+    monkeypatch.setattr(training, "daylight_score_on", lambda *args, **kwargs: LOSES)
+    replaced = store.get_run(_retrain(gated, device_with_data))
+    assert (replaced["promoted"], replaced["decision_rule"], replaced["serving"]) == (
+        True, "champion_loses_to_persistence", "model")
+    assert _pointer(settings, device_with_data)["version"] == replaced["version"]
+
+    monkeypatch.setattr(training, "daylight_score_on", lambda *args, **kwargs: BEATS)
+    kept = store.get_run(_retrain(gated, device_with_data))
+    assert (kept["promoted"], kept["decision_rule"]) == (False, "worse")
+    assert _pointer(settings, device_with_data)["version"] == replaced["version"]

@@ -145,3 +145,19 @@ def test_an_unscored_daylight_mae_never_passes_the_gate():
                           gate_mae=NAN)
     decision = decide_promotion(contender, None, 10.0, require_beat_persistence=True)
     assert (decision.promoted, decision.rule) == (False, "loses_to_persistence")
+
+
+@pytest.mark.parametrize(("gate", "champion_gate_mae", "promoted", "rule"), [
+    (True, 25.0, True, "champion_loses_to_persistence"),   # champion at/above persistence 20
+    (True, 20.0, True, "champion_loses_to_persistence"),
+    (True, 19.0, False, "worse"),                          # champion still beats persistence
+    (True, None, False, "worse"),                          # its standing unknown: no change
+    (False, 25.0, False, "worse"),                         # no gate, no persistence rule
+])
+def test_a_worse_challenger_that_passes_the_gate_replaces_a_champion_that_does_not(
+        gate, champion_gate_mae, promoted, rule):
+    new = Contender("new", mae=30.0, cutoff=CUTOFF, persistence_mae=20.0, gate_mae=10.0)
+    old = Contender("old", mae=10.0, cutoff=EARLY, persistence_mae=20.0,
+                    gate_mae=champion_gate_mae)
+    decision = decide_promotion(new, old, 5.0, require_beat_persistence=gate)
+    assert (decision.promoted, decision.rule) == (promoted, rule)
