@@ -271,19 +271,14 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
         try:
             store.upsert_run(record)
         except Exception as exc:
-            if is_fallback(before):
-                registry.restore_pointer(device_id, before)
-                raise StoreUnavailable(
-                    f"rollback of {device_id} to {pointer['version']} undone: the run log could "
-                    f"not record it ({exc}); retry when the store is back"
-                ) from exc
-            replaced = pointer.get("previous_version")
-            if replaced is None:  # a repaired pointer: there is nothing sound to go back to
+            if before is None:  # a repaired pointer: there is nothing sound to go back to
                 raise StoreUnavailable(
                     f"{device_id} now serves {pointer['version']}, but the run log could not "
                     f"record the rollback ({exc})"
                 ) from exc
-            registry.rollback(device_id, to=replaced)
+            # The pointer as it was, previous version included: a second rollback to undo
+            # the first would make the version just left the rollback target.
+            registry.restore_pointer(device_id, before)
             raise StoreUnavailable(
                 f"rollback of {device_id} to {pointer['version']} undone: the run log could not "
                 f"record it ({exc}); retry when the store is back"

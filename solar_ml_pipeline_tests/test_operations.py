@@ -260,16 +260,22 @@ def test_a_refused_rollback_leaves_the_pointer_and_the_run_log_untouched(setting
 
 def test_a_rollback_the_run_log_cannot_record_is_undone(settings, store, registry,
                                                          monkeypatch):
-    save_constant_version(registry, "t1", 3.0, 1)
+    first = save_constant_version(registry, "t1", 3.0, 1)
     second = save_constant_version(registry, "t1", 2.0, 2)
+    third = save_constant_version(registry, "t1", 1.0, 3)
+    before = registry.read_pointer("t1")
+    assert (before["version"], before["previous_version"]) == (third, second)
 
     def refuse(record):
         raise OSError("disk full")
 
     monkeypatch.setattr(store, "upsert_run", refuse)
-    with pytest.raises(StoreUnavailable, match="undone: the run log could not record it"):
-        operations.rollback_model(settings, store, "t1")
-    assert registry.read_pointer("t1")["version"] == second
+    for target in (None, first):
+        with pytest.raises(StoreUnavailable, match="undone: the run log could not record it"):
+            operations.rollback_model(settings, store, "t1", to=target)
+        after = registry.read_pointer("t1")
+        # the rollback target survives too, so prune keeps it
+        assert (after["version"], after["previous_version"]) == (third, second)
 
 
 def test_rollback_from_smart_persistence_serves_the_displaced_model_and_logs_it(settings, store,
