@@ -141,7 +141,7 @@ def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
         settings, store, args.device, args.to))
     emit(args, result, lambda: (
         f"{args.device}: now serving {result['version']} "
-        f"(was {str(result['replaced']).replace('_', ' ')}); "
+        f"(was {'smart persistence' if result['replaced'] == 'smart_persistence' else result['replaced']}); "
         f"recorded as run {result['run_id']}"))
     return EXIT_OK
 

@@ -277,7 +277,7 @@ def test_model_rollback_and_forward_are_logged_and_a_bad_target_changes_nothing(
     assert operations.current_model(home["settings"], "rb")["version"] == first
 
     assert cli.main(["model", "rollback", "--device", "rb"]) == 0
-    assert f"now serving {second}" in capsys.readouterr().out
+    assert f"now serving {second} (was {first})" in capsys.readouterr().out  # ids as typed
 
 
 def test_model_prune_reports_freed_bytes_and_keeps_current_and_previous(home, in_home, capsys):
