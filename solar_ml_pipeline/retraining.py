@@ -116,9 +116,13 @@ def _record_failure(settings: Settings, request: RetrainRequest,
                        None)
     message = failure_message(run_failure, [e for e in events if e.is_step_failure])
     try:
-        record_failed_attempt(open_store(settings), settings, run_id=result.run_id,
-                              device_id=request.device_id, period_key=request.period_key,
-                              days=request.days, message=message)
+        store = open_store(settings)
+        try:
+            record_failed_attempt(store, settings, run_id=result.run_id,
+                                  device_id=request.device_id, period_key=request.period_key,
+                                  days=request.days, message=message)
+        finally:
+            store.close()
     except Exception as exc:  # noqa: BLE001 - the run failed either way; say that, not this
         logger.warning(f"could not record the failed attempt of run {result.run_id}: "
                        f"{one_line(str(exc))}")
