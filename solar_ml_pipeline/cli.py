@@ -181,11 +181,17 @@ def _format_dry_run(plan: dict[str, Any]) -> str:
     ])
 
 
+def _fallback_note(record: dict[str, Any]) -> str:
+    return ("; served by smart persistence" if record.get("serving") == "smart_persistence"
+            else "")
+
+
 def _format_attempt(record: dict[str, Any]) -> str:
     if record.get("status") != "success":
         return (f"retrain {record['device_id']} period {record.get('period')}: FAILED "
                 f"(run {record['run_id']})")
     decision = "promoted" if record.get("promoted") else "not promoted"
+    decision += _fallback_note(record)
     return "\n".join([
         f"retrain {record['device_id']} period {record.get('period')}: success, {decision}",
         f"  version  {record['version']}  ({record['model_type']}, {record['rows_used']} rows)",
@@ -289,6 +295,7 @@ def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
             lines.append(f"{r['device_id']:<12} {str(r.get('period')):<11} FAILED: {r.get('error')}")
             continue
         decision = "promoted" if r["promoted"] else f"not promoted ({r.get('decision_rule')})"
+        decision += _fallback_note(r)
         daylight = r.get("daylight_skill")
         shown = f"{daylight:>+8.3f}" if isinstance(daylight, float) else f"{'-':>8}"
         lines.append(f"{r['device_id']:<12} {r['period']:<11} {r['version']:<23} "

@@ -405,3 +405,15 @@ def test_an_unexpected_error_is_one_line_and_exit_1_with_the_traceback_on_reques
     monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
     with pytest.raises(RuntimeError, match="disk quota exceeded"):
         cli.main(["runs", "list"])
+
+
+def test_retrain_and_demo_output_say_when_the_device_is_left_on_smart_persistence(settings):
+    record = {"status": "success", "device_id": "fb", "period": PERIOD, "run_id": "r1",
+              "version": "20260310_130000_abcdef", "model_type": "ridge", "rows_used": 100,
+              "mae": 30.0, "skill": -0.1, "daylight_skill": -0.2, "promoted": False,
+              "decision_rule": "loses_to_persistence", "decision_reason": "Not promoted: ...",
+              "serving": "smart_persistence"}
+    assert "success, not promoted; served by smart persistence" in cli._format_attempt(record)
+    table = cli._demo_table([record], settings)
+    assert "not promoted (loses_to_persistence); served by smart persistence" in table
+    assert "smart persistence" not in cli._demo_table([{**record, "serving": "model"}], settings)
