@@ -345,13 +345,6 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}" if value is not None and math.isfinite(value) else "unknown"
 
 
-def _beats(mae: float | None, persistence: float | None) -> bool | None:
-    """Whether a daylight MAE beats daylight persistence; None when either is unknown."""
-    if mae is None or persistence is None or not (math.isfinite(mae) and math.isfinite(persistence)):
-        return None
-    return mae < persistence
-
-
 def _fallback_backfill(pointer: dict[str, Any], challenger: promotion.Contender) -> promotion.Decision | None:
     """A challenger older than the one that put the device on smart persistence is a backfill."""
     cutoff = pointer.get("cutoff")
@@ -374,7 +367,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
     meta = stored.meta
     metrics = meta["metrics"]
     _, test = training.split_time_ordered(feature_frame.frame)
-    cutoff = datetime.fromisoformat(meta["cutoff"].replace("Z", "+00:00"))
+    cutoff = _parse(meta["cutoff"])
     challenger = promotion.daylight_gate_contender(stored.version, metrics, cutoff)
     with registry.device_lock(device_id):
         pointer = registry.read_pointer(device_id)
@@ -385,9 +378,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
         champion_unservable = False
         if pointer is not None and not on_fallback:
             champion_meta = registry.read_meta(device_id, pointer["version"])
-            champion_cutoff = datetime.fromisoformat(
-                str(champion_meta.get("cutoff") or champion_meta["trained_at"]).replace("Z", "+00:00")
-            )
+            champion_cutoff = _parse(str(champion_meta.get("cutoff") or champion_meta["trained_at"]))
             try:
                 # The pointer's sha256 too: a pkl replaced together with its meta is never
                 # unpickled; a champion that cannot be verified is unscored, so it is replaced.
@@ -412,7 +403,7 @@ def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_f
             decision = promotion.decide_promotion(
                 challenger, champion, policy.mae_threshold_percent,
                 require_beat_persistence=policy.require_beat_persistence)
-        champion_beats = _beats(champion_daylight, challenger.persistence_mae)
+        champion_beats = promotion.beats_persistence(champion) if champion else None
         to_fallback = (policy.require_beat_persistence and not decision.promoted
                        and decision.rule in GATE_REFUSALS
                        and (champion is None or champion_beats is False or champion_unservable))

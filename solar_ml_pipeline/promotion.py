@@ -57,6 +57,15 @@ def _mae(value: float | None) -> str:
     return f"{value:.4g}" if value is not None else "unknown"
 
 
+def beats_persistence(contender: Contender) -> bool | None:
+    """Whether the contender's gate MAE is below persistence's on the same rows; None when
+    either is unknown."""
+    mae = contender.mae if contender.gate_mae is None else contender.gate_mae
+    if not (_known(mae) and _known(contender.persistence_mae)):
+        return None
+    return mae < contender.persistence_mae  # type: ignore[operator]
+
+
 def decide_promotion(challenger: Contender, champion: Contender | None, threshold_percent: float,
                      *, require_beat_persistence: bool = False) -> Decision:
     """Apply the promotion rules of the module docstring; `reason` is one sentence."""
@@ -80,9 +89,9 @@ def decide_promotion(challenger: Contender, champion: Contender | None, threshol
         if persistence is None or not math.isfinite(persistence):
             return Decision(False, f"Not promoted: persistence MAE unknown, so the challenger "
                                    f"cannot be shown to beat it ({new})", "persistence_unknown")
-        gate_mae = challenger.mae if challenger.gate_mae is None else challenger.gate_mae
-        if not (_known(gate_mae) and gate_mae < persistence):
-            where = "" if challenger.gate_mae is None else f" (gate rows: MAE {_mae(gate_mae)})"
+        if not beats_persistence(challenger):
+            gate_mae = challenger.gate_mae
+            where = "" if gate_mae is None else f" (gate rows: MAE {_mae(gate_mae)})"
             return Decision(False, f"Not promoted: {new}{where} does not beat persistence MAE "
                                    f"{_mae(persistence)} on the same test window",
                             "loses_to_persistence")
@@ -97,9 +106,7 @@ def decide_promotion(challenger: Contender, champion: Contender | None, threshol
     if challenger.mae <= limit:
         return Decision(True, f"Promoted: within {threshold_percent:g}% threshold, {new} <= "
                               f"limit {_mae(limit)} ({old})", "within_threshold")
-    if (require_beat_persistence and _known(champion.gate_mae)
-            and _known(champion.persistence_mae)
-            and champion.gate_mae >= champion.persistence_mae):  # type: ignore[operator]
+    if require_beat_persistence and beats_persistence(champion) is False:
         return Decision(True, f"Promoted: the challenger beats persistence and the champion "
                               f"does not (champion gate MAE {_mae(champion.gate_mae)} >= "
                               f"persistence MAE {_mae(champion.persistence_mae)}), although "
