@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,13 +117,10 @@ def _record_failure(settings: Settings, request: RetrainRequest,
                        None)
     message = failure_message(run_failure, [e for e in events if e.is_step_failure])
     try:
-        store = open_store(settings)
-        try:
+        with closing(open_store(settings)) as store:
             record_failed_attempt(store, settings, run_id=result.run_id,
                                   device_id=request.device_id, period_key=request.period_key,
                                   days=request.days, message=message)
-        finally:
-            store.close()
     except Exception as exc:  # noqa: BLE001 - the run failed either way; say that, not this
         logger.warning(f"could not record the failed attempt of run {result.run_id}: "
                        f"{one_line(str(exc))}")
