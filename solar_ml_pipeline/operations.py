@@ -305,10 +305,6 @@ def prune_models(settings: Settings, *, keep: int | None = None, dry_run: bool =
 
 # --- device sites -----------------------------------------------------------------------------
 
-# Flag-free names (the API may use these too); units in the messages.
-SITE_BOUNDS = {"latitude": (-90.0, 90.0, "degrees"), "longitude": (-180.0, 180.0, "degrees")}
-
-
 def _site_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequest(f"invalid {name} {value!r}: expected a finite number")
@@ -319,6 +315,7 @@ def validate_site_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The given site fields (None = not given), checked; the message names the field."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    from solar_ml_pipeline.simulator import SITE_LIMITS
     from solar_ml_pipeline.storage.base import SITE_FIELDS
 
     unknown = sorted(set(fields) - set(SITE_FIELDS))
@@ -338,13 +335,10 @@ def validate_site_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
             checked[name] = value
             continue
         number = _site_number(name, value)
-        if name in SITE_BOUNDS:
-            low, high, unit = SITE_BOUNDS[name]
-            if not low <= number <= high:
-                raise InvalidRequest(f"invalid {name} {number:g}: expected {unit} from "
-                                     f"{low:g} to {high:g}")
-        if name == "capacity_w" and number <= 0:
-            raise InvalidRequest(f"invalid capacity_w {number:g}: expected watts above 0")
+        low, high, unit = SITE_LIMITS[name]
+        if not low <= number <= high:
+            raise InvalidRequest(f"invalid {name} {number:g}: expected {unit} from "
+                                 f"{low:g} to {high:g}")
         checked[name] = number
     return checked
 
@@ -354,14 +348,12 @@ def _site_entry(settings: Settings, record: Mapping[str, Any] | None,
     """The site a device is trained and simulated with, and which fields are defaults."""
     from dataclasses import asdict
 
-    from solar_ml_pipeline.simulator import Site, site_from_settings
+    from solar_ml_pipeline.simulator import site_from_record
     from solar_ml_pipeline.storage.base import SITE_FIELDS
 
-    record = record or {}
-    known = {name: record[name] for name in SITE_FIELDS if record.get(name) is not None}
-    site = asdict(Site(**{**asdict(site_from_settings(settings)), **known}))
+    site = asdict(site_from_record(settings, record))
     return {"device_id": device_id, **{name: site[name] for name in SITE_FIELDS},
-            "defaults": [name for name in SITE_FIELDS if name not in known]}
+            "defaults": [name for name in SITE_FIELDS if (record or {}).get(name) is None]}
 
 
 def set_device_site(settings: Settings, store: Store, device_id: str,
@@ -382,11 +374,10 @@ def set_device_site(settings: Settings, store: Store, device_id: str,
                              "longitude")
     merged = {**(existing or {}), **given, "device_id": device_id}
     try:
-        _site_entry(settings, merged, device_id)  # the whole site must be usable
+        entry = _site_entry(settings, merged, device_id)  # the whole site must be usable
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     store.set_site(device_id, merged)
-    entry = _site_entry(settings, store.get_site(device_id), device_id)
     return json_ready({**entry, "created": existing is None, "updated": sorted(given)})
 
 

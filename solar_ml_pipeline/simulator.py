@@ -71,6 +71,15 @@ SIMULATION_CHUNK = timedelta(days=7)
 MIN_INTERVAL_MINUTES = 1 / 60
 
 
+# The numeric site fields: (lowest, highest, unit). `solar-ml device set` checks the same.
+SITE_LIMITS = {
+    "latitude": (-90.0, 90.0, "degrees"),
+    "longitude": (-180.0, 180.0, "degrees"),
+    "altitude": (-500.0, 9000.0, "metres"),
+    "capacity_w": (1.0, 1e6, "watts"),
+}
+
+
 @dataclass(frozen=True)
 class Site:
     """Where a tracker stands and how big it is; the simulator's only physical input."""
@@ -82,13 +91,8 @@ class Site:
     timezone: str = "UTC"
 
     def __post_init__(self) -> None:
-        checks = (
-            ("latitude", self.latitude, -90.0, 90.0),
-            ("longitude", self.longitude, -180.0, 180.0),
-            ("altitude", self.altitude, -500.0, 9000.0),
-            ("capacity_w", self.capacity_w, 1.0, 1e6),
-        )
-        for name, value, low, high in checks:
+        for name, (low, high, _) in SITE_LIMITS.items():
+            value = getattr(self, name)
             if not isinstance(value, int | float) or not (low <= value <= high):
                 raise ValueError(f"site {name}={value!r} is invalid: expected {low:g} to {high:g}")
         try:
@@ -110,12 +114,17 @@ def site_from_settings(settings: Settings) -> Site:
 DEFAULT_SITE = site_from_settings(Settings())
 
 
+def site_from_record(settings: Settings, record: Mapping[str, Any] | None) -> Site:
+    """A stored site record as a Site; fields it leaves unknown come from the settings."""
+    site = site_from_settings(settings)
+    known = {name: (record or {})[name] for name in SITE_FIELDS
+             if (record or {}).get(name) is not None}
+    return replace(site, **known) if known else site
+
+
 def site_for_device(store: SiteStore, settings: Settings, device_id: str) -> Site:
     """The device's registered site; fields it leaves unknown come from the settings."""
-    site = site_from_settings(settings)
-    record = store.get_site(device_id) or {}
-    known = {name: record[name] for name in SITE_FIELDS if record.get(name) is not None}
-    return replace(site, **known) if known else site
+    return site_from_record(settings, store.get_site(device_id))
 
 
 @dataclass(frozen=True)
