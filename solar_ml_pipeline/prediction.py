@@ -39,6 +39,19 @@ def _stale_message(device_id: str, newest: datetime | None, now: datetime,
             "predictions need live readings")
 
 
+def _nothing_recent(store: Store, device_id: str, now: datetime,
+                    horizon_minutes: int) -> PredictionUnavailable:
+    """The error for a window without a usable reading: it names the newest one, if any."""
+    newest = store.latest_readings(device_id, 1)
+    newest_at = newest["timestamp"].iloc[-1].to_pydatetime() if len(newest) else None
+    return PredictionUnavailable(_stale_message(device_id, newest_at, now, horizon_minutes))
+
+
+def _check_fresh(device_id: str, based_on: datetime, now: datetime, horizon_minutes: int) -> None:
+    if now - based_on > timedelta(minutes=horizon_minutes):
+        raise PredictionUnavailable(_stale_message(device_id, based_on, now, horizon_minutes))
+
+
 def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -> Any:
     """The site the model's features were computed for; else the device's registered site."""
     from dataclasses import fields
@@ -86,13 +99,10 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
             with_target=False, site=serving_site(model, store, settings, device_id),
         )
     if built is None or built.frame.empty:
-        newest = store.latest_readings(device_id, 1)
-        newest_at = newest["timestamp"].iloc[-1].to_pydatetime() if len(newest) else None
-        raise PredictionUnavailable(_stale_message(device_id, newest_at, now, horizon))
+        raise _nothing_recent(store, device_id, now, horizon)
     latest = built.frame.iloc[[-1]]
     based_on = latest["timestamp"].iloc[0].to_pydatetime()
-    if now - based_on > timedelta(minutes=horizon):
-        raise PredictionUnavailable(_stale_message(device_id, based_on, now, horizon))
+    _check_fresh(device_id, based_on, now, horizon)
     try:
         predicted = float(model.predict(latest)[0])
     except FeaturesUnavailable as exc:
@@ -125,15 +135,12 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
     clean, _ = clean_readings(readings)
     usable = clean.dropna(subset=["timestamp", "power"])
     if usable.empty:
-        newest = store.latest_readings(device_id, 1)
-        newest_at = newest["timestamp"].iloc[-1].to_pydatetime() if len(newest) else None
-        raise PredictionUnavailable(_stale_message(device_id, newest_at, now, horizon))
-    forecast = smart_persistence_forecast(usable, site_for_device(store, settings, device_id),
-                                          horizon)
-    latest = forecast.iloc[-1]
+        raise _nothing_recent(store, device_id, now, horizon)
+    # Row by row: the newest reading (clean_readings sorts by time) is all the answer needs.
+    latest = smart_persistence_forecast(
+        usable.tail(1), site_for_device(store, settings, device_id), horizon).iloc[-1]
     based_on = latest["timestamp"].to_pydatetime()
-    if now - based_on > timedelta(minutes=horizon):
-        raise PredictionUnavailable(_stale_message(device_id, based_on, now, horizon))
+    _check_fresh(device_id, based_on, now, horizon)
     return {
         "device_id": device_id,
         "serving": SERVING_FALLBACK,
@@ -146,6 +153,6 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
         "predicted_power": float(latest["predicted_power"]),
         "current_power": float(usable["power"].iloc[-1]),
         "clear_sky_index": float(latest["clear_sky_index"]),
-        "readings_used": len(forecast),
+        "readings_used": len(usable),
         "generated_at": iso_z(now),
     }
