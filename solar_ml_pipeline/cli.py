@@ -25,6 +25,7 @@ from solar_ml_pipeline.cli_common import (
     add_json_flag,
     emit,
     number,
+    on_smart_persistence,
     port_number,
     positive_int,
 )
@@ -176,13 +177,13 @@ def _format_dry_run(plan: dict[str, Any]) -> str:
         f"horizon {plan['horizon_minutes']} min",
         f"  store    {plan['backend']}; models in {plan['model_dir']}; "
         f"current version {plan['current_version'] or '-'}"
-        + (" (served by smart persistence)" if plan.get("serving") == "smart_persistence" else ""),
+        + (" (served by smart persistence)" if on_smart_persistence(plan) else ""),
         "  nothing was trained or written",
     ])
 
 
 def _fallback_note(record: dict[str, Any]) -> str:
-    return ("; served by smart persistence" if record.get("serving") == "smart_persistence"
+    return ("; served by smart persistence" if on_smart_persistence(record)
             else "")
 
 

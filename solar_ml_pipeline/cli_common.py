@@ -100,3 +100,10 @@ def with_store(settings: Any, action: Callable[[Any], Any]) -> Any:
         return action(store)
     finally:
         store.close()
+
+
+def on_smart_persistence(shown: dict[str, Any]) -> bool:
+    """Whether a pointer, listing, plan, run record or forecast says smart persistence serves."""
+    from solar_ml_pipeline.registry import SERVING_FALLBACK
+
+    return shown.get("serving") == SERVING_FALLBACK

@@ -17,6 +17,7 @@ from solar_ml_pipeline.cli_common import (
     human_bytes,
     non_negative_int,
     number,
+    on_smart_persistence,
     positive_int,
     with_store,
 )
@@ -82,7 +83,7 @@ def cmd_model_current(args: argparse.Namespace, settings: Settings) -> int:
 
 def format_current(shown: dict[str, Any]) -> str:
     device = shown["device_id"]
-    if shown.get("serving") == "smart_persistence":
+    if on_smart_persistence(shown):
         return fallback_line(shown)
     if not shown["model_exists"]:
         return (f"{device} has no current model: train one with "
@@ -121,7 +122,7 @@ def format_versions(listing: dict[str, Any]) -> str:
     header = (f"  {'version':<23} {'trained_at (UTC)':<20} {'period':<11} {'MAE':>9} "
               f"{'skill':>7} {'size':>9}")
     current = listing["current_version"] or (
-        "none, served by smart persistence" if listing.get("serving") == "smart_persistence"
+        "none, served by smart persistence" if on_smart_persistence(listing)
         else "-")
     lines = [f"{device}: {len(versions)} versions, current {current}", header]
     for v in versions:
@@ -180,7 +181,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     forecast = operations.json_ready(with_store(settings, lambda store: predict_latest(
         settings, store, server, args.device)))
     source = (f"smart persistence, no model: {forecast['reason']}"
-              if forecast["serving"] == "smart_persistence" else f"model {forecast['version']}")
+              if on_smart_persistence(forecast) else f"model {forecast['version']}")
     emit(args, forecast, lambda: (
         f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)} forecast for "
         f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "

@@ -25,6 +25,7 @@ from solar_ml_pipeline.registry import (
     ModelRegistry,
     ModelStoreError,
     is_fallback,
+    serving_of,
     validate_version,
 )
 from solar_ml_pipeline.run_records import (
@@ -201,7 +202,7 @@ def list_models(settings: Settings, device_id: str) -> dict[str, Any]:
             "current": meta["version"] == current,
             "previous": meta["version"] == previous,
         })
-    serving = None if pointer is None else pointer.get("serving", SERVING_MODEL)
+    serving = serving_of(pointer)
     return json_ready({"device_id": device_id, "serving": serving, "current_version": current,
                        "previous_version": previous, "versions": versions})
 
@@ -216,11 +217,10 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, Any],
-                    meta: Mapping[str, Any], replaced: str | None = None) -> dict[str, Any]:
+                    meta: Mapping[str, Any], replaced: str | None) -> dict[str, Any]:
     """The run-log entry of a rollback: who serves now, with that version's own metrics.
 
-    `replaced`: what served before (a version, or SERVING_FALLBACK); default the pointer's
-    previous_version."""
+    `replaced`: what served before (a version, or SERVING_FALLBACK)."""
     metrics = pointer.get("metrics") or {}
     record = base_record(
         run_id=str(uuid.uuid4()), device_id=device_id, partition_key=None, period=None,
@@ -230,7 +230,6 @@ def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, An
         horizon_minutes=int(meta.get("horizon_minutes") or settings.horizon_minutes),
         model_type=meta.get("model_type"), trained_at=utc_now(),
     )
-    replaced = replaced or pointer.get("previous_version")
     record.update(
         kind=KIND_ROLLBACK, status=STATUS_SUCCESS, error=None, promoted=True,
         version=pointer["version"], model_path=pointer["model_path"],
@@ -265,7 +264,7 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
         except ModelStoreError:
             before = None  # a corrupt pointer: rollback(to=...) repairs it, or says why not
         pointer = registry.rollback(device_id, to)
-        replaced = SERVING_FALLBACK if is_fallback(before) else None
+        replaced = SERVING_FALLBACK if is_fallback(before) else pointer.get("previous_version")
         record = rollback_record(settings, device_id, pointer,
                                  registry.read_meta(device_id, pointer["version"]), replaced)
         try:
@@ -286,7 +285,7 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
     return json_ready({
         "success": True, "device_id": device_id, "version": pointer["version"],
         "previous_version": pointer.get("previous_version"),
-        "replaced": SERVING_FALLBACK if is_fallback(before) else pointer.get("previous_version"),
+        "replaced": replaced,
         "updated_at": pointer.get("updated_at"), "run_id": record["run_id"],
     })
 
@@ -428,7 +427,7 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
     try:
         pointer = registry_for(settings).read_pointer(request.device_id)
         current = pointer["version"] if pointer else None
-        serving = pointer.get("serving", SERVING_MODEL) if pointer else None
+        serving = serving_of(pointer)
     except Exception as exc:  # noqa: BLE001 - a broken pointer is reported, not fatal to a dry run
         current = f"unreadable: {exc}"
     return json_ready({

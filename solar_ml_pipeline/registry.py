@@ -287,18 +287,25 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def serving_of(pointer: dict[str, Any] | None) -> str | None:
+    """What a pointer says serves the device; pointers written before the field are model
+    pointers; None without a pointer."""
+    return None if pointer is None else pointer.get("serving", SERVING_MODEL)
+
+
 def is_fallback(pointer: dict[str, Any] | None) -> bool:
     """True for a pointer saying the device is served by smart persistence, not a model."""
-    return pointer is not None and pointer.get("serving") == SERVING_FALLBACK
+    return serving_of(pointer) == SERVING_FALLBACK
 
 
 def _is_version(value: object) -> bool:
     return isinstance(value, str) and bool(VERSION_PATTERN.fullmatch(value))
 
 
-def _previous_after(current: dict[str, Any] | None, new_version: str) -> str | None:
-    """The rollback target once `new_version` serves: the model serving before it (for a
-    fallback, the model it displaced); re-promoting the current version keeps its own."""
+def _previous_after(current: dict[str, Any] | None, new_version: str | None) -> str | None:
+    """The rollback target once `new_version` (None: smart persistence) serves: the model
+    serving before it (for a fallback, the model it displaced); re-promoting the current
+    version keeps its own."""
     if current is None:
         return None
     if is_fallback(current) or current["version"] == new_version:
@@ -577,7 +584,7 @@ class ModelRegistry:
     def _pointer_problem(self, device_id: str, pointer: object) -> str | None:
         if not isinstance(pointer, dict):
             return "is not a JSON object"
-        serving = pointer.get("serving", SERVING_MODEL)
+        serving = serving_of(pointer)
         if serving not in SERVING_KINDS:
             return f"serving {str(serving)[:40]!r} is not one of {', '.join(SERVING_KINDS)}"
         if serving == SERVING_FALLBACK:
@@ -721,13 +728,7 @@ class ModelRegistry:
         device_id = validate_device_id(device_id)
         if not self.holds_lock(device_id):
             raise RuntimeError("set_fallback needs device_lock held: take the lock first")
-        current = self.read_pointer(device_id)
-        if current is None:
-            previous = None
-        elif is_fallback(current):
-            previous = current.get("previous_version")
-        else:
-            previous = current["version"]
+        previous = _previous_after(self.read_pointer(device_id), None)
         known = figures or {}
         pointer: dict[str, Any] = {
             "device_id": device_id,

@@ -33,12 +33,18 @@ class ServedModel:
     version: str | None
     model: Any = field(repr=False)
     pointer: dict[str, Any]
-    serving: str = SERVING_MODEL
-    reason: str | None = None
 
     @property
     def is_fallback(self) -> bool:
-        return self.serving == SERVING_FALLBACK
+        return is_fallback(self.pointer)
+
+    @property
+    def serving(self) -> str:
+        return SERVING_FALLBACK if self.is_fallback else SERVING_MODEL
+
+    @property
+    def reason(self) -> str | None:
+        return self.pointer.get("reason") if self.is_fallback else None
 
 
 class ModelServer:
@@ -60,8 +66,7 @@ class ModelServer:
         if is_fallback(pointer):
             with self._lock:
                 self._cache.pop(device_id, None)  # the displaced model is not served: free it
-            return ServedModel(device_id, None, None, pointer, serving=SERVING_FALLBACK,
-                               reason=pointer["reason"])
+            return ServedModel(device_id, None, None, pointer)
         key = (device_id, pointer["version"], pointer["sha256"])
         with self._lock:
             cached = self._cache.get(device_id)
