@@ -2,14 +2,14 @@
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
-from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
+from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START, simulate_into
 
 
 def _retrain(settings, device_id, period=PERIOD, days=None):
@@ -110,6 +110,15 @@ def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, de
     raw_rows = _materialisation_metadata(run_id)["raw_readings"]["rows"].value
     assert raw_rows == len(in_window)
     assert record["rows_used"] <= raw_rows
+    # and independently of the store's own window query: the simulated grid, counted here
+    from solar_ml_pipeline.simulator import DEFAULT_SITE, simulate_readings
+
+    written = simulate_readings(device_with_data, start=PERIOD_START - timedelta(days=10),
+                                end=PERIOD_START + timedelta(days=1), site=DEFAULT_SITE)
+    stamps = written["timestamp"]
+    assert raw_rows == int(((stamps >= record["window_start"]) & (stamps < record["window_end"])).sum())
+    newest_seen = _check_evaluations(run_id)["fresh_readings"].metadata["latest_reading"].value
+    assert datetime.fromisoformat(newest_seen) < record["window_end"]
 
 
 def _check_evaluations(run_id):
@@ -143,7 +152,8 @@ def test_stale_readings_train_but_fail_the_freshness_warning(settings, store):
     assert checks["fresh_readings"].severity == dg.AssetCheckSeverity.WARN
 
 
-def test_gate_promotes_only_a_model_that_beats_persistence_in_daylight(settings, store, device_with_data):
+def test_gate_judges_the_recorded_daylight_maes_and_promotes_only_a_model_that_beats_persistence(
+        settings, store, device_with_data, monkeypatch):
     gated = settings.with_overrides(require_beat_persistence=True)
     record = store.get_run(_retrain(gated, device_with_data))
     assert record["status"] == "success"
@@ -154,6 +164,13 @@ def test_gate_promotes_only_a_model_that_beats_persistence_in_daylight(settings,
     # refused with no champion: the device is served by smart persistence instead
     assert pointer["version"] == (record["version"] if beats else None)
     assert pointer["serving"] == ("model" if beats else "smart_persistence")
+
+    # the other branch, whichever this window gave: the same data, the gate's MAE pinned
+    _gate(monkeypatch, challenger=LOSES if beats else BEATS, champion=LOSES if beats else None)
+    other = store.get_run(_retrain(gated, device_with_data))
+    assert other["promoted"] is (not beats)
+    pointer = json.loads((settings.model_dir / device_with_data / "current_model.json").read_text())
+    assert pointer["serving"] == ("smart_persistence" if beats else "model")
 
 
 # -- the smart-persistence fallback (issue 8 item 4) -------------------------------------------

@@ -27,3 +27,5 @@ def test_a_failure_the_asset_recorded_keeps_the_assets_own_words(settings, store
     record = store.get_run(run_id)
     assert record["status"] == "failed"
     assert record["error"].startswith("No data found for training: device tracker01")
+    assert record["duration_s"] is not None  # the asset's own record, not the launcher's
+    assert store.list_runs(device_id="tracker01").total == 1

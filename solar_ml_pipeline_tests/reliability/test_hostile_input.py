@@ -309,6 +309,8 @@ def test_readings_at_or_after_the_cutoff_never_reach_the_training_frame(
             raw = store.read_window("tracker01", window.start, window.end)
         finally:
             store.close()
+    # a reading at the cutoff itself has no target, so the frame alone would not show it
+    assert (raw["timestamp"] < cutoff).all() and not (raw["power"] >= SENTINEL).any()
     built = build_feature_frame(raw, horizon_minutes=15, timezone="Asia/Colombo",
                                 feature_set=feature_set, with_target=True, site=DEFAULT_SITE)
     out = built.frame
