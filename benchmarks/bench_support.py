@@ -88,7 +88,7 @@ def settings_here(**overrides: Any) -> Any:
 def seed_readings(store: Any, device_id: str, days: float, *, seed: int = 0,
                   cutoff: datetime = CUTOFF) -> int:
     """`days` of 1-minute simulated readings ending at `cutoff`, written through the store."""
-    from solar_ml_pipeline.simulator import readings_records, simulate_readings
+    from solar_ml_pipeline.readings.simulator import readings_records, simulate_readings
 
     frame = simulate_readings(device_id, start=cutoff - timedelta(days=days), end=cutoff,
                               interval_minutes=1, seed=seed)

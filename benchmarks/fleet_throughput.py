@@ -39,9 +39,9 @@ from typing import Any
 import bench_support as bs
 
 from solar_ml_pipeline.config import MODEL_TYPES
-from solar_ml_pipeline.instance import ensure_dagster_home
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION
-from solar_ml_pipeline.retraining import (
+from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION
+from solar_ml_pipeline.orchestration.retraining import (
     resolve_request,
     retrain_in_foreground,
     run_config_for,

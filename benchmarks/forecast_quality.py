@@ -14,7 +14,7 @@ of what would actually be served (the model where it passed, smart persistence w
 not), mean fit time and pickled model size.
 
 Data: real measured PV power from the pvanalytics wheel (`pip install -e .[bench]`) and
-simulated one-minute tracker fleets (solar_ml_pipeline.simulator). Run:
+simulated one-minute tracker fleets (solar_ml_pipeline.readings.simulator). Run:
 
     python benchmarks/forecast_quality.py                 # full run, a few minutes on 2 cores
     python benchmarks/forecast_quality.py --quick         # one week of periods, smoke test
@@ -40,16 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_data  # noqa: E402  (benchmarks/ is not a package)
 
-from solar_ml_pipeline import solar  # noqa: E402
-from solar_ml_pipeline.features import (  # noqa: E402
+from solar_ml_pipeline.forecasting import solar  # noqa: E402
+from solar_ml_pipeline.forecasting.features import (  # noqa: E402
     DAYLIGHT,
     SMART_PERSISTENCE,
     TARGET,
     FeatureFrame,
     build_feature_frame,
 )
-from solar_ml_pipeline.promotion import daylight_gate_contender, decide_promotion  # noqa: E402
-from solar_ml_pipeline.training import RESIDUAL, train_and_evaluate  # noqa: E402
+from solar_ml_pipeline.forecasting.promotion import daylight_gate_contender, decide_promotion  # noqa: E402
+from solar_ml_pipeline.forecasting.training import RESIDUAL, train_and_evaluate  # noqa: E402
 
 HORIZON_MINUTES = 15
 RETRAIN_DAYS = (7, 14, 30)
@@ -211,7 +211,7 @@ def real_system_50(first_period: str, periods: int) -> DataSet:
 
 
 def simulated_fleet(devices: int, first_period: str, periods: int) -> DataSet:
-    from solar_ml_pipeline.simulator import DEFAULT_SITE, simulate_readings
+    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
 
     start = datetime.fromisoformat(first_period) - timedelta(days=max(RETRAIN_DAYS) + 2)
     end = datetime.fromisoformat(first_period) + timedelta(days=periods + 2)

@@ -35,13 +35,13 @@ import bench_support as bs
 import joblib
 from threadpoolctl import threadpool_limits
 
-from solar_ml_pipeline import registry as registry_module
 from solar_ml_pipeline.config import MODEL_TYPES
-from solar_ml_pipeline.features import build_feature_frame
-from solar_ml_pipeline.registry import ModelRegistry
-from solar_ml_pipeline.serving import ModelServer
-from solar_ml_pipeline.simulator import simulate_readings
-from solar_ml_pipeline.training import train_and_evaluate
+from solar_ml_pipeline.forecasting.features import build_feature_frame
+from solar_ml_pipeline.forecasting.training import train_and_evaluate
+from solar_ml_pipeline.model_store import registry as registry_module
+from solar_ml_pipeline.model_store.registry import ModelRegistry
+from solar_ml_pipeline.model_store.serving import ModelServer
+from solar_ml_pipeline.readings.simulator import simulate_readings
 
 HORIZON = 15
 FLEET_DEVICES = 1000

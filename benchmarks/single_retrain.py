@@ -44,12 +44,12 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from solar_ml_pipeline import training
 from solar_ml_pipeline.definitions import build_definitions
-from solar_ml_pipeline.instance import dagster_yaml_text, ensure_dagster_home
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION, partition_key
-from solar_ml_pipeline.retraining import (
+from solar_ml_pipeline.forecasting import training
+from solar_ml_pipeline.orchestration.instance import dagster_yaml_text, ensure_dagster_home
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, partition_key
+from solar_ml_pipeline.orchestration.retraining import (
     resolve_request,
     retrain_in_foreground,
     run_config_for,

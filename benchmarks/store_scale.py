@@ -32,8 +32,8 @@ from typing import Any
 import bench_support as bs
 import numpy as np
 
-from solar_ml_pipeline.importer import import_file
-from solar_ml_pipeline.simulator import readings_records, simulate_readings
+from solar_ml_pipeline.readings.importer import import_file
+from solar_ml_pipeline.readings.simulator import readings_records, simulate_readings
 from solar_ml_pipeline.storage import READING_FIELDS, open_store
 
 TARGET = "tracker00"

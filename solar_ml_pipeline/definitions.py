@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from solar_ml_pipeline.alerts import build_run_failure_sensor
-from solar_ml_pipeline.assets import build_assets
 from solar_ml_pipeline.config import Settings, load_settings
-from solar_ml_pipeline.io_managers import VersionedModelIOManager
-from solar_ml_pipeline.jobs import build_retrain_job
-from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
-from solar_ml_pipeline.schedules import build_retrain_schedule
-from solar_ml_pipeline.sensors import build_device_sensor
+from solar_ml_pipeline.orchestration.alerts import build_run_failure_sensor
+from solar_ml_pipeline.orchestration.assets import build_assets
+from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager
+from solar_ml_pipeline.orchestration.jobs import build_retrain_job
+from solar_ml_pipeline.orchestration.resources import (
+    ModelStoreResource,
+    RetrainPolicy,
+    StoreResource,
+)
+from solar_ml_pipeline.orchestration.schedules import build_retrain_schedule
+from solar_ml_pipeline.orchestration.sensors import build_device_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

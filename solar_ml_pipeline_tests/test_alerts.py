@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from solar_ml_pipeline.alerts import (
+from solar_ml_pipeline.definitions import build_definitions
+from solar_ml_pipeline.orchestration.alerts import (
     RUN_FAILURE_SENSOR,
     AlertNotDelivered,
     FailedRun,
@@ -16,11 +17,10 @@ from solar_ml_pipeline.alerts import (
     post_alert,
     run_url,
 )
-from solar_ml_pipeline.definitions import build_definitions
-from solar_ml_pipeline.failures import DEVICE_TAG, PERIOD_TAG
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION, partition_key
-from solar_ml_pipeline.resources import StoreResource
+from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, partition_key
+from solar_ml_pipeline.orchestration.resources import StoreResource
 from solar_ml_pipeline_tests.conftest import PERIOD
 from solar_ml_pipeline_tests.e2e.webhook_receiver import WebhookReceiver
 
@@ -215,7 +215,7 @@ def test_a_failed_step_is_alerted_with_the_assets_own_message_and_its_record_kep
 
 def test_a_webhook_that_is_down_is_logged_and_does_not_fail_the_sensor(settings, store, capfd,
                                                                       monkeypatch):
-    monkeypatch.setattr("solar_ml_pipeline.alerts.WEBHOOK_BACKOFF_S", 0.01)
+    monkeypatch.setattr("solar_ml_pipeline.orchestration.alerts.WEBHOOK_BACKOFF_S", 0.01)
     with WebhookReceiver() as receiver:
         url = receiver.url
     sensor = build_run_failure_sensor(settings.with_overrides(alert_webhook_url=url))

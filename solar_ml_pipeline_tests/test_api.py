@@ -17,11 +17,11 @@ import httpx
 import pytest
 import uvicorn
 
-from solar_ml_pipeline import operations
-from solar_ml_pipeline.api import create_app
 from solar_ml_pipeline.config import Settings, settings_from_env
-from solar_ml_pipeline.run_records import utc_now
+from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces.api import create_app
 from solar_ml_pipeline.storage import open_store
+from solar_ml_pipeline.storage.run_records import utc_now
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 from solar_ml_pipeline_tests.test_operations import (
     FALLBACK_REASON,

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
+from solar_ml_pipeline.orchestration.retraining import resolve_request, retrain_in_foreground
 from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START, simulate_into
 
 
@@ -111,7 +111,7 @@ def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, de
     assert raw_rows == len(in_window)
     assert record["rows_used"] <= raw_rows
     # and independently of the store's own window query: the simulated grid, counted here
-    from solar_ml_pipeline.simulator import DEFAULT_SITE, simulate_readings
+    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
 
     written = simulate_readings(device_with_data, start=PERIOD_START - timedelta(days=10),
                                 end=PERIOD_START + timedelta(days=1), site=DEFAULT_SITE)
@@ -183,8 +183,7 @@ def _gate(monkeypatch, *, challenger=None, champion=None):
     rows); the persistence MAE stays the real one of the test window."""
     from dataclasses import replace
 
-    from solar_ml_pipeline import promotion, training
-
+    from solar_ml_pipeline.forecasting import promotion, training
     real = promotion.daylight_gate_contender
 
     def contender(version, metrics, cutoff):
@@ -196,7 +195,7 @@ def _gate(monkeypatch, *, challenger=None, champion=None):
 
 
 def _pointer(settings, device_id):
-    from solar_ml_pipeline.registry import ModelRegistry
+    from solar_ml_pipeline.model_store.registry import ModelRegistry
 
     return ModelRegistry(settings.model_dir).read_pointer(device_id)
 
@@ -288,8 +287,7 @@ def test_a_challenger_that_beats_persistence_replaces_a_champion_that_does_not_e
         settings, store, device_with_data, monkeypatch):
     from dataclasses import replace
 
-    from solar_ml_pipeline import promotion, training
-
+    from solar_ml_pipeline.forecasting import promotion, training
     _retrain(settings, device_with_data)  # gate off: promoted
     gated = settings.with_overrides(require_beat_persistence=True)
     real = promotion.daylight_gate_contender

@@ -1,4 +1,4 @@
-"""`solar-ml` through its real entry point: `python -m solar_ml_pipeline.cli` in a subprocess
+"""`solar-ml` through its real entry point: `python -m solar_ml_pipeline.interfaces.cli` in a subprocess
 for each operator command (simulate, retrain, retrain --background, runs, model, predict, api)
 with exit codes and one-line errors; the wider error matrix, --dry-run and `ui` (which execs
 `dagster dev`) call the same `main()` in-process. One module-wide project home is shared: the CLI
@@ -18,11 +18,11 @@ import dagster as dg
 import httpx
 import pytest
 
-from solar_ml_pipeline import cli, operations
 from solar_ml_pipeline.config import settings_from_env
-from solar_ml_pipeline.run_records import utc_now
-from solar_ml_pipeline.simulator import DEFAULT_SITE, simulate_readings
+from solar_ml_pipeline.interfaces import cli, operations
+from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
 from solar_ml_pipeline.storage import open_store
+from solar_ml_pipeline.storage.run_records import utc_now
 from solar_ml_pipeline_tests.conftest import (
     CONFIG_VARIABLES,
     PERIOD,
@@ -38,7 +38,7 @@ from solar_ml_pipeline_tests.test_operations import (
     write_recent_readings,
 )
 
-CLI = [sys.executable, "-m", "solar_ml_pipeline.cli"]
+CLI = [sys.executable, "-m", "solar_ml_pipeline.interfaces.cli"]
 
 
 def solar_ml(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from solar_ml_pipeline import cli, storage
+from solar_ml_pipeline import storage
+from solar_ml_pipeline.interfaces import cli
 from solar_ml_pipeline.storage.mongo import MongoStore
 from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START
 from solar_ml_pipeline_tests.storage.mongomock_client import mongomock_client
@@ -147,10 +148,10 @@ def test_device_set_help_says_an_existing_device_keeps_the_fields_not_given(caps
 def test_a_site_set_on_the_command_line_drives_the_simulator_and_training(test_env, monkeypatch,
                                                                            capsys):
     """Berlin instead of Colombo: other sunrise, other clear-sky power, in readings and model."""
-    from solar_ml_pipeline import operations
     from solar_ml_pipeline.config import load_settings
-    from solar_ml_pipeline.features import build_feature_frame
-    from solar_ml_pipeline.simulator import DEFAULT_SITE, Site
+    from solar_ml_pipeline.forecasting.features import build_feature_frame
+    from solar_ml_pipeline.interfaces import operations
+    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, Site
 
     for name, value in test_env.items():
         monkeypatch.setenv(name, value)

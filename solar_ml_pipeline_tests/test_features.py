@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from solar_ml_pipeline.features import (
+from solar_ml_pipeline.forecasting.features import (
     FEATURE_BUILDERS,
     ORIGINAL_FEATURES,
     TARGET,
@@ -245,8 +245,8 @@ def test_a_month_of_one_minute_readings_builds_in_well_under_a_second():
 
 from dataclasses import dataclass  # noqa: E402
 
-from solar_ml_pipeline import solar  # noqa: E402
-from solar_ml_pipeline.features import (  # noqa: E402
+from solar_ml_pipeline.forecasting import solar  # noqa: E402
+from solar_ml_pipeline.forecasting.features import (  # noqa: E402
     DAYLIGHT,
     POWER_LAGS_MINUTES,
     SMART_PERSISTENCE,

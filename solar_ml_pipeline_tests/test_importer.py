@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from solar_ml_pipeline.config import InvalidDeviceId
-from solar_ml_pipeline.importer import (
+from solar_ml_pipeline.readings.importer import (
     INVALID_DEVICE_ID,
     LINE_TOO_LONG,
     MALFORMED_CSV_ROW,
@@ -31,7 +31,7 @@ from solar_ml_pipeline.importer import (
     parse_number,
     parse_timestamp,
 )
-from solar_ml_pipeline.simulator import simulate_readings
+from solar_ml_pipeline.readings.simulator import simulate_readings
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.storage.mongomock_client import mongomock_store
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from solar_ml_pipeline.instance import ensure_dagster_home
+from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
 
 
 def test_the_written_instance_queues_runs_with_the_configured_limits(settings, monkeypatch):

@@ -4,8 +4,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from solar_ml_pipeline.io_managers import VersionedModelIOManager, partition_parts
-from solar_ml_pipeline.registry import ModelCandidate, ModelRegistry, StoredVersion
+from solar_ml_pipeline.model_store.registry import ModelCandidate, ModelRegistry, StoredVersion
+from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager, partition_parts
 
 DEVICE = "tracker01"
 PARTITION = dg.MultiPartitionKey({"device": DEVICE, "period": "2026-02-24"})

@@ -12,22 +12,22 @@ import numpy as np
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from solar_ml_pipeline import operations
 from solar_ml_pipeline.config import InvalidDeviceId
-from solar_ml_pipeline.partitions import training_window
-from solar_ml_pipeline.prediction import PredictionUnavailable, predict_latest
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
+from solar_ml_pipeline.forecasting.training import ForecastModel
+from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     ModelRegistry,
     NoCurrentModel,
     NoPreviousVersion,
     VersionNotFound,
 )
-from solar_ml_pipeline.retraining import resolve_request
-from solar_ml_pipeline.run_records import KIND_ROLLBACK, base_record
-from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.model_store.serving import ModelServer
+from solar_ml_pipeline.orchestration.partitions import training_window
+from solar_ml_pipeline.orchestration.retraining import resolve_request
 from solar_ml_pipeline.storage import StoreUnavailable
-from solar_ml_pipeline.training import ForecastModel
+from solar_ml_pipeline.storage.run_records import KIND_ROLLBACK, base_record
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 
 NOW = datetime(2026, 3, 12, 6, 0, tzinfo=UTC)  # 11:30 in Colombo: the sun is up

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from solar_ml_pipeline.config import settings_from_env
-from solar_ml_pipeline.partitions import (
+from solar_ml_pipeline.orchestration.partitions import (
     InvalidPeriod,
     partition_key,
     period_bounds,

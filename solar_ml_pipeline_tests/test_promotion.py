@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from solar_ml_pipeline.promotion import Contender, decide_promotion
+from solar_ml_pipeline.forecasting.promotion import Contender, decide_promotion
 
 NAN = math.nan
 EARLY = datetime(2026, 2, 23, 13, 0, tzinfo=UTC)
@@ -115,7 +115,7 @@ def test_an_invalid_threshold_is_refused(threshold):
 
 # -- the daylight persistence gate (issue 8) -------------------------------------------------
 
-from solar_ml_pipeline.promotion import daylight_gate_contender  # noqa: E402
+from solar_ml_pipeline.forecasting.promotion import daylight_gate_contender  # noqa: E402
 
 
 def test_the_gate_compares_daylight_mae_when_given_not_the_all_hours_mae():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from solar_ml_pipeline.readings import CLEAN_COLUMNS, clean_readings, sensors_present
+from solar_ml_pipeline.readings.cleaning import CLEAN_COLUMNS, clean_readings, sensors_present
 from solar_ml_pipeline.storage.base import READING_FIELDS
 
 T0 = pd.Timestamp("2026-02-24T00:00:00Z")

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solar_ml_pipeline import registry as registry_module
 from solar_ml_pipeline.config import InvalidDeviceId
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store import registry as registry_module
+from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     CorruptMeta,
     CorruptPointer,
@@ -106,7 +106,7 @@ _KILL_WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from solar_ml_pipeline.registry import atomic_write_bytes
+    from solar_ml_pipeline.model_store.registry import atomic_write_bytes
     target = Path(sys.argv[1])
     blobs = [b"a" * 2_000_000, b"b" * 3_000_000]
     print("ready", flush=True)

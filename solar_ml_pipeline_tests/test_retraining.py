@@ -1,7 +1,7 @@
 """Foreground retrains: the launcher records failures that no asset body caught."""
 
-from solar_ml_pipeline.io_managers import VersionedModelIOManager
-from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
+from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager
+from solar_ml_pipeline.orchestration.retraining import resolve_request, retrain_in_foreground
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 
 

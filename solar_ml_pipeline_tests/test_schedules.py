@@ -4,8 +4,8 @@ import dagster as dg
 
 from solar_ml_pipeline.config import settings_from_env
 from solar_ml_pipeline.definitions import build_definitions
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION
-from solar_ml_pipeline.schedules import RETRAIN_SCHEDULE
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION
+from solar_ml_pipeline.orchestration.schedules import RETRAIN_SCHEDULE
 
 
 def _tick(defs, instance, when):

@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from solar_ml_pipeline.definitions import build_definitions
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION
-from solar_ml_pipeline.resources import StoreResource
-from solar_ml_pipeline.sensors import DEVICE_SENSOR
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION
+from solar_ml_pipeline.orchestration.resources import StoreResource
+from solar_ml_pipeline.orchestration.sensors import DEVICE_SENSOR
 
 
 def _reading(device_id):

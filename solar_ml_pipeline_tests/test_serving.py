@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     CorruptPointer,
     ModelRegistry,
@@ -10,7 +10,7 @@ from solar_ml_pipeline.registry import (
     serialize_model,
     sha256_hex,
 )
-from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.model_store.serving import ModelServer
 
 DEVICE = "tracker01"
 V1, V2 = "20260224_130000_aaaaaa", "20260225_130000_bbbbbb"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
-from solar_ml_pipeline.simulator import (
+from solar_ml_pipeline.readings.simulator import (
     COLUMNS,
     DEFAULT_SITE,
     FAN_COOLING_C,

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from solar_ml_pipeline import solar
+from solar_ml_pipeline.forecasting import solar
 
 
 @dataclass(frozen=True)

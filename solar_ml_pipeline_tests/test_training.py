@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from solar_ml_pipeline import training as training_module
 from solar_ml_pipeline.config import MODEL_TYPES
-from solar_ml_pipeline.features import TARGET, build_feature_frame
-from solar_ml_pipeline.training import (
+from solar_ml_pipeline.forecasting import training as training_module
+from solar_ml_pipeline.forecasting.features import TARGET, build_feature_frame
+from solar_ml_pipeline.forecasting.training import (
     FeaturesUnavailable,
     ForecastModel,
     InsufficientData,
@@ -203,7 +203,7 @@ def test_model_records_its_settings_and_training_time():
 
 # -- baselines and daylight metrics (issue 8) ------------------------------------------------
 
-from solar_ml_pipeline.training import baseline_metrics  # noqa: E402
+from solar_ml_pipeline.forecasting.training import baseline_metrics  # noqa: E402
 from solar_ml_pipeline_tests.test_features import SITE, clear_day_readings  # noqa: E402
 
 EXTENDED_METRICS = {
@@ -278,7 +278,7 @@ def test_a_feature_without_any_value_in_the_training_rows_is_left_out(model_type
     assert len(model.features) == len(built.features) - 1
 
 
-from solar_ml_pipeline.training import DEFAULT_TARGETS, RESIDUAL  # noqa: E402
+from solar_ml_pipeline.forecasting.training import DEFAULT_TARGETS, RESIDUAL  # noqa: E402
 
 
 def test_solar_models_learn_the_departure_from_smart_persistence_by_default():
@@ -348,7 +348,7 @@ def test_boosting_still_learns_when_most_of_the_window_is_dark_night():
 
 # -- the champion's daylight score (the smart-persistence fallback decision) -----------------
 
-from solar_ml_pipeline.training import daylight_score_on  # noqa: E402
+from solar_ml_pipeline.forecasting.training import daylight_score_on  # noqa: E402
 
 
 def test_a_models_daylight_score_reproduces_its_daylight_mae_on_its_own_test_window():

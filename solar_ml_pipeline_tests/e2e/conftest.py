@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from solar_ml_pipeline.config import Settings, settings_from_env
-from solar_ml_pipeline.instance import ensure_dagster_home
+from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.conftest import CONFIG_VARIABLES, simulate_into
 from solar_ml_pipeline_tests.e2e.dagster_api import LOOPBACK, DagsterApi, wait_until

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from solar_ml_pipeline.failures import DEVICE_TAG, PERIOD_TAG
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION, period_key_at
-from solar_ml_pipeline.schedules import RETRAIN_SCHEDULE
+from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, period_key_at
+from solar_ml_pipeline.orchestration.schedules import RETRAIN_SCHEDULE
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.e2e.conftest import DEVICES
 from solar_ml_pipeline_tests.e2e.dagster_api import wait_until

@@ -30,7 +30,7 @@ def user_environment(monkeypatch, test_env) -> dict[str, str]:
 @pytest.fixture
 def run_cli(user_environment, capsys) -> Callable[..., tuple[int, str, str]]:
     """`solar-ml ARGS` in this process: (exit code, stdout, stderr)."""
-    from solar_ml_pipeline.cli import main
+    from solar_ml_pipeline.interfaces.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()

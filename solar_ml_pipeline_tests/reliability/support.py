@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from solar_ml_pipeline.registry import ModelRegistry, is_fallback
+from solar_ml_pipeline.model_store.registry import ModelRegistry, is_fallback
 from solar_ml_pipeline.storage import Store
 
-CLI = (sys.executable, "-m", "solar_ml_pipeline.cli")
+CLI = (sys.executable, "-m", "solar_ml_pipeline.interfaces.cli")
 
 
 def solar_ml(env: dict[str, str], *args: str, timeout: float = 180,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from solar_ml_pipeline.importer import import_file
-from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.model_store.registry import ModelRegistry
+from solar_ml_pipeline.readings.importer import import_file
 from solar_ml_pipeline_tests.conftest import PERIOD
 from solar_ml_pipeline_tests.reliability.conftest import DAYS
 from solar_ml_pipeline_tests.reliability.support import CLI, audit_model_store
@@ -73,8 +73,8 @@ def _open_new_home(settings, start, results) -> None:
     try:
         import dagster as dg
 
-        from solar_ml_pipeline.instance import ensure_dagster_home
-        from solar_ml_pipeline.retraining import add_device_partition
+        from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+        from solar_ml_pipeline.orchestration.retraining import add_device_partition
 
         start.wait(timeout=120)
         ensure_dagster_home(settings)

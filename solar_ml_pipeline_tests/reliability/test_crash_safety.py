@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from solar_ml_pipeline.registry import STALE_AGE_S, TEMP_PREFIX, ModelRegistry
+from solar_ml_pipeline.model_store.registry import STALE_AGE_S, TEMP_PREFIX, ModelRegistry
 from solar_ml_pipeline_tests.conftest import PERIOD
 from solar_ml_pipeline_tests.reliability.conftest import DAYS
 from solar_ml_pipeline_tests.reliability.support import CLI, audit_model_store

@@ -20,13 +20,13 @@ import dagster as dg
 import pytest
 import yaml
 
-from solar_ml_pipeline.alerts import RUN_FAILURE_SENSOR
 from solar_ml_pipeline.config import Settings, settings_from_env
-from solar_ml_pipeline.instance import ensure_dagster_home
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import partition_key, retrain_partitions
-from solar_ml_pipeline.registry import ModelRegistry
-from solar_ml_pipeline.retraining import RetrainRequest, run_config_for, run_tags
+from solar_ml_pipeline.model_store.registry import ModelRegistry
+from solar_ml_pipeline.orchestration.alerts import RUN_FAILURE_SENSOR
+from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import partition_key, retrain_partitions
+from solar_ml_pipeline.orchestration.retraining import RetrainRequest, run_config_for, run_tags
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 from solar_ml_pipeline_tests.e2e.conftest import (

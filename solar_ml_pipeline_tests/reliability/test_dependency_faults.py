@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from solar_ml_pipeline import registry as registry_module
-from solar_ml_pipeline.failures import DEVICE_TAG, PERIOD_TAG
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import period_key_at
-from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.model_store import registry as registry_module
+from solar_ml_pipeline.model_store.registry import ModelRegistry
+from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import period_key_at
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.conftest import PERIOD

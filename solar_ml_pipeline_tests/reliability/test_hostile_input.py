@@ -24,8 +24,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from solar_ml_pipeline.config import settings_from_env
-from solar_ml_pipeline.features import TARGET, build_feature_frame
-from solar_ml_pipeline.importer import (
+from solar_ml_pipeline.forecasting.features import TARGET, build_feature_frame
+from solar_ml_pipeline.orchestration.partitions import training_window
+from solar_ml_pipeline.readings.cleaning import clean_readings
+from solar_ml_pipeline.readings.importer import (
     LINE_TOO_LONG,
     NO_POWER,
     NOT_AN_OBJECT,
@@ -33,9 +35,7 @@ from solar_ml_pipeline.importer import (
     clean_reading,
     import_file,
 )
-from solar_ml_pipeline.partitions import training_window
-from solar_ml_pipeline.readings import clean_readings
-from solar_ml_pipeline.simulator import DEFAULT_SITE, site_for_device
+from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, site_for_device
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START
 from solar_ml_pipeline_tests.reliability.conftest import DAYS

@@ -24,16 +24,16 @@ import pytest
 
 from solar_ml_pipeline.config import settings_from_env
 from solar_ml_pipeline.definitions import build_definitions
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     ModelRegistry,
     ModelStoreError,
     serialize_model,
     sha256_hex,
 )
-from solar_ml_pipeline.resources import StoreResource
-from solar_ml_pipeline.sensors import DEVICE_SENSOR
-from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.model_store.serving import ModelServer
+from solar_ml_pipeline.orchestration.resources import StoreResource
+from solar_ml_pipeline.orchestration.sensors import DEVICE_SENSOR
 from solar_ml_pipeline_tests.conftest import PERIOD
 from solar_ml_pipeline_tests.reliability.conftest import DAYS
 from solar_ml_pipeline_tests.reliability.support import (
@@ -218,7 +218,7 @@ def test_every_api_endpoint_taking_a_device_refuses_invalid_ids_with_422_and_cre
 ):
     from fastapi.testclient import TestClient
 
-    from solar_ml_pipeline.api import create_app
+    from solar_ml_pipeline.interfaces.api import create_app
 
     token = secrets.token_hex(16)
     settings = settings_from_env({**test_env, "API_TOKEN": token})

@@ -15,9 +15,14 @@ from typing import Any
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.partitions import InvalidPeriod, training_window
-from solar_ml_pipeline.run_records import STATUS_FAILED, base_record, failed_fields, one_line
+from solar_ml_pipeline.orchestration.partitions import InvalidPeriod, training_window
 from solar_ml_pipeline.storage.base import RunLog
+from solar_ml_pipeline.storage.run_records import (
+    STATUS_FAILED,
+    base_record,
+    failed_fields,
+    one_line,
+)
 
 DEVICE_TAG = "dagster/partition/device"
 PERIOD_TAG = "dagster/partition/period"

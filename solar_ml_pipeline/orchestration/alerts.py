@@ -23,15 +23,15 @@ from urllib.parse import urlsplit
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.failures import (
+from solar_ml_pipeline.orchestration.failures import (
     DEVICE_TAG,
     PERIOD_TAG,
     days_from_run_config,
     failure_message,
     record_failed_attempt,
 )
-from solar_ml_pipeline.resources import StoreResource
-from solar_ml_pipeline.run_records import one_line
+from solar_ml_pipeline.orchestration.resources import StoreResource
+from solar_ml_pipeline.storage.run_records import one_line
 
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
 PARTITION_TAG = "dagster/partition"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from solar_ml_pipeline import operations
-from solar_ml_pipeline.cli_common import (
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces.cli_common import (
     EXIT_OK,
     add_json_flag,
     emit,
@@ -21,7 +22,6 @@ from solar_ml_pipeline.cli_common import (
     positive_int,
     with_store,
 )
-from solar_ml_pipeline.config import Settings
 
 # --- runs -------------------------------------------------------------------------------------
 
@@ -174,8 +174,8 @@ def format_prune(report: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.prediction import predict_latest
-    from solar_ml_pipeline.serving import ModelServer
+    from solar_ml_pipeline.forecasting.prediction import predict_latest
+    from solar_ml_pipeline.model_store.serving import ModelServer
 
     server = ModelServer(operations.registry_for(settings))
     forecast = operations.json_ready(with_store(settings, lambda store: predict_latest(

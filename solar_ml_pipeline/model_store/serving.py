@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solar_ml_pipeline.config import validate_device_id
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store.registry import (
     SERVING_FALLBACK,
     SERVING_MODEL,
     ModelRegistry,

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from solar_ml_pipeline.config import validate_device_id
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store.registry import (
     ModelCandidate,
     ModelRegistry,
     StoredVersion,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.partitions import retrain_partitions
+from solar_ml_pipeline.orchestration.partitions import retrain_partitions
 
 RETRAIN_JOB = "retrain_job"
 RETRAIN_SELECTION = ["raw_readings", "feature_frame", "model_version", "promotion_decision"]

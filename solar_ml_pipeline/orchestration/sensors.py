@@ -4,16 +4,16 @@
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings, is_valid_device_id
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import (
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import (
     DEVICE_DIMENSION,
     device_partitions,
     partition_key,
     period_key_at,
 )
-from solar_ml_pipeline.resources import StoreResource
-from solar_ml_pipeline.run_records import utc_now
-from solar_ml_pipeline.schedules import run_key
+from solar_ml_pipeline.orchestration.resources import StoreResource
+from solar_ml_pipeline.orchestration.schedules import run_key
+from solar_ml_pipeline.storage.run_records import utc_now
 
 DEVICE_SENSOR = "device_discovery_sensor"
 

@@ -13,7 +13,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.registry import ModelRegistry
+from solar_ml_pipeline.model_store.registry import ModelRegistry
 from solar_ml_pipeline.storage import Store, open_store
 
 

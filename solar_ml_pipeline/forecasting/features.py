@@ -42,8 +42,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from solar_ml_pipeline import solar
-from solar_ml_pipeline.readings import OPTIONAL_SENSORS, clean_readings, sensors_present
+from solar_ml_pipeline.forecasting import solar
+from solar_ml_pipeline.readings.cleaning import OPTIONAL_SENSORS, clean_readings, sensors_present
 
 TARGET = "target_power"
 MAX_GAP = pd.Timedelta(minutes=10)

@@ -1,7 +1,7 @@
 """What every `solar-ml` command module shares: exit codes, error types, output, arg types.
 
 Kept apart from cli.py so command modules can import it without importing the entry point
-(which runs as `__main__` under `python -m solar_ml_pipeline.cli`).
+(which runs as `__main__` under `python -m solar_ml_pipeline.interfaces.cli`).
 """
 
 from __future__ import annotations
@@ -104,6 +104,6 @@ def with_store(settings: Any, action: Callable[[Any], Any]) -> Any:
 
 def on_smart_persistence(shown: dict[str, Any]) -> bool:
     """Whether a pointer, listing, plan, run record or forecast says smart persistence serves."""
-    from solar_ml_pipeline.registry import SERVING_FALLBACK
+    from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK
 
     return shown.get("serving") == SERVING_FALLBACK

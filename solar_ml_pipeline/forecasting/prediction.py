@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.registry import SERVING_FALLBACK, SERVING_MODEL
-from solar_ml_pipeline.run_records import iso_z, utc_now
-from solar_ml_pipeline.serving import ModelServer, ServedModel
+from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK, SERVING_MODEL
+from solar_ml_pipeline.model_store.serving import ModelServer, ServedModel
 from solar_ml_pipeline.storage import Store
+from solar_ml_pipeline.storage.run_records import iso_z, utc_now
 
 # Readings read before `now`: ample for the 5-reading rolling means, the one-hour solar
 # features and the gap rules, at any cadence from 1 to 5 minutes.
@@ -56,7 +56,7 @@ def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -
     """The site the model's features were computed for; else the device's registered site."""
     from dataclasses import fields
 
-    from solar_ml_pipeline.simulator import Site, site_for_device
+    from solar_ml_pipeline.readings.simulator import Site, site_for_device
 
     recorded = getattr(model, "site", None)
     if isinstance(recorded, dict):
@@ -84,8 +84,8 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
     if served.is_fallback:
         return _smart_persistence_latest(settings, store, served, now)
     # Imported once a model exists: the feature code loads pvlib, which "no model" need not wait for.
-    from solar_ml_pipeline.features import build_feature_frame
-    from solar_ml_pipeline.training import FeaturesUnavailable
+    from solar_ml_pipeline.forecasting.features import build_feature_frame
+    from solar_ml_pipeline.forecasting.training import FeaturesUnavailable
 
     model = served.model
     horizon = int(getattr(model, "horizon_minutes", None) or settings.horizon_minutes)
@@ -125,9 +125,9 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
 def _smart_persistence_latest(settings: Settings, store: Store, served: ServedModel,
                               now: datetime) -> dict[str, Any]:
     """The fallback forecast from the newest reading, same freshness rule as a model's."""
-    from solar_ml_pipeline.readings import clean_readings
-    from solar_ml_pipeline.simulator import site_for_device
-    from solar_ml_pipeline.solar import smart_persistence_forecast
+    from solar_ml_pipeline.forecasting.solar import smart_persistence_forecast
+    from solar_ml_pipeline.readings.cleaning import clean_readings
+    from solar_ml_pipeline.readings.simulator import site_for_device
 
     device_id = served.device_id
     horizon = settings.horizon_minutes

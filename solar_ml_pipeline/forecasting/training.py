@@ -35,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from solar_ml_pipeline.config import MODEL_TYPES
-from solar_ml_pipeline.features import DAYLIGHT, SMART_PERSISTENCE, TARGET, FeatureFrame
+from solar_ml_pipeline.forecasting.features import DAYLIGHT, SMART_PERSISTENCE, TARGET, FeatureFrame
 from solar_ml_pipeline.storage.base import SITE_FIELDS
 
 TRAIN_FRACTION = 0.8
@@ -104,7 +104,8 @@ class ForecastModel:
     """A fitted estimator with what it takes to use it: its features, horizon and the time
     zone its calendar features were computed in (build prediction frames the same way).
 
-    Pickled as a version file; keep this class at `solar_ml_pipeline.training.ForecastModel`.
+    Pickled as a version file by class path: after a move, map the old path in
+    `model_store.registry.MOVED_MODULES` so stored versions keep loading.
     """
 
     estimator: Any

@@ -15,16 +15,16 @@ from typing import Any
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.failures import failure_message, record_failed_attempt
-from solar_ml_pipeline.instance import ensure_dagster_home
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import (
+from solar_ml_pipeline.orchestration.failures import failure_message, record_failed_attempt
+from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import (
     DEVICE_DIMENSION,
     partition_key,
     period_bounds,
     period_key_at,
 )
-from solar_ml_pipeline.run_records import one_line, utc_now
+from solar_ml_pipeline.storage.run_records import one_line, utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.model_store.registry import (
     FALLBACK_FIGURES,
     SERVING_FALLBACK,
     SERVING_MODEL,
@@ -28,7 +28,8 @@ from solar_ml_pipeline.registry import (
     serving_of,
     validate_version,
 )
-from solar_ml_pipeline.run_records import (
+from solar_ml_pipeline.storage import Store, StoreUnavailable
+from solar_ml_pipeline.storage.run_records import (
     KIND_ROLLBACK,
     STATUS_FAILED,
     STATUS_SUCCESS,
@@ -37,7 +38,6 @@ from solar_ml_pipeline.run_records import (
     public_run,
     utc_now,
 )
-from solar_ml_pipeline.storage import Store, StoreUnavailable
 
 RUN_STATUSES = (STATUS_SUCCESS, STATUS_FAILED)
 DEFAULT_LIMIT = 20
@@ -314,7 +314,7 @@ def validate_site_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The given site fields (None = not given), checked; the message names the field."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from solar_ml_pipeline.simulator import SITE_LIMITS
+    from solar_ml_pipeline.readings.simulator import SITE_LIMITS
     from solar_ml_pipeline.storage.base import SITE_FIELDS
 
     unknown = sorted(set(fields) - set(SITE_FIELDS))
@@ -347,7 +347,7 @@ def _site_entry(settings: Settings, record: Mapping[str, Any] | None,
     """The site a device is trained and simulated with, and which fields are defaults."""
     from dataclasses import asdict
 
-    from solar_ml_pipeline.simulator import site_from_record
+    from solar_ml_pipeline.readings.simulator import site_from_record
     from solar_ml_pipeline.storage.base import SITE_FIELDS
 
     site = asdict(site_from_record(settings, record))
@@ -385,7 +385,7 @@ def list_device_sites(settings: Settings, store: Store) -> dict[str, Any]:
     from dataclasses import asdict
 
     from solar_ml_pipeline.config import is_valid_device_id
-    from solar_ml_pipeline.simulator import site_from_settings
+    from solar_ml_pipeline.readings.simulator import site_from_settings
 
     sites = []
     for record in store.list_sites():
@@ -407,9 +407,9 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
 
     `ready` is False (with `problem`) when the window lacks MIN_TRAINING_ROWS clean rows.
     """
-    from solar_ml_pipeline.failures import no_data_message
-    from solar_ml_pipeline.partitions import training_window
-    from solar_ml_pipeline.readings import clean_readings
+    from solar_ml_pipeline.orchestration.failures import no_data_message
+    from solar_ml_pipeline.orchestration.partitions import training_window
+    from solar_ml_pipeline.readings.cleaning import clean_readings
 
     window = training_window(settings, request.device_id, request.period_key, request.days)
     problem = None
@@ -445,7 +445,7 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
 def retrain_now(settings: Settings, store: Store, request: Any, *, verbose: bool = False,
                 trigger: str = "cli") -> dict[str, Any]:
     """Run the retrain job in this process and return its run record (success or failed)."""
-    from solar_ml_pipeline.retraining import retrain_in_foreground
+    from solar_ml_pipeline.orchestration.retraining import retrain_in_foreground
 
     store.ping()
     run_id = retrain_in_foreground(settings, request, verbose=verbose, trigger=trigger)
@@ -470,10 +470,14 @@ def queue_retrain(settings: Settings, store: Store, request: Any, *,
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
-    from solar_ml_pipeline.instance import ensure_dagster_home
-    from solar_ml_pipeline.jobs import RETRAIN_JOB
-    from solar_ml_pipeline.partitions import partition_key, retrain_partitions
-    from solar_ml_pipeline.retraining import add_device_partition, run_config_for, run_tags
+    from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+    from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+    from solar_ml_pipeline.orchestration.partitions import partition_key, retrain_partitions
+    from solar_ml_pipeline.orchestration.retraining import (
+        add_device_partition,
+        run_config_for,
+        run_tags,
+    )
 
     store.ping()
     ensure_dagster_home(settings)

@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from solar_ml_pipeline.cli_common import (
+from solar_ml_pipeline.config import (
+    ConfigError,
+    InvalidDeviceId,
+    Settings,
+    is_valid_device_id,
+    load_settings,
+    validate_device_id,
+)
+from solar_ml_pipeline.interfaces.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -29,14 +37,6 @@ from solar_ml_pipeline.cli_common import (
     port_number,
     positive_int,
 )
-from solar_ml_pipeline.config import (
-    ConfigError,
-    InvalidDeviceId,
-    Settings,
-    is_valid_device_id,
-    load_settings,
-    validate_device_id,
-)
 
 # Set to anything to let unexpected errors end in their traceback.
 DEBUG_VARIABLE = "SOLAR_ML_DEBUG"
@@ -47,17 +47,17 @@ __all__ = ["CommandFailed", "UsageError", "build_parser", "emit", "main"]
 # An exception can only come from a module already imported, so error classes are looked up
 # in sys.modules: mapping an error to its exit code never pays for importing Dagster.
 USER_ERRORS = (
-    ("solar_ml_pipeline.partitions", "InvalidPeriod"),
-    ("solar_ml_pipeline.operations", "InvalidRequest"),
-    ("solar_ml_pipeline.registry", "InvalidVersion"),
-    ("solar_ml_pipeline.importer", "ImportFileError"),
+    ("solar_ml_pipeline.orchestration.partitions", "InvalidPeriod"),
+    ("solar_ml_pipeline.interfaces.operations", "InvalidRequest"),
+    ("solar_ml_pipeline.model_store.registry", "InvalidVersion"),
+    ("solar_ml_pipeline.readings.importer", "ImportFileError"),
 )
 FAILURE_ERRORS = (
     ("solar_ml_pipeline.storage.base", "StoreUnavailable"),
-    ("solar_ml_pipeline.registry", "ModelStoreError"),
-    ("solar_ml_pipeline.operations", "UnknownRun"),
-    ("solar_ml_pipeline.operations", "RetrainFailed"),
-    ("solar_ml_pipeline.prediction", "PredictionUnavailable"),
+    ("solar_ml_pipeline.model_store.registry", "ModelStoreError"),
+    ("solar_ml_pipeline.interfaces.operations", "UnknownRun"),
+    ("solar_ml_pipeline.interfaces.operations", "RetrainFailed"),
+    ("solar_ml_pipeline.forecasting.prediction", "PredictionUnavailable"),
 )
 
 
@@ -85,7 +85,7 @@ def _parse_time(text: str) -> datetime:
 # --- simulate / import -------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.simulator import simulate_device, site_for_device
+    from solar_ml_pipeline.readings.simulator import simulate_device, site_for_device
     from solar_ml_pipeline.storage import open_store
 
     validate_device_id(args.device)
@@ -110,7 +110,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.importer import import_file
+    from solar_ml_pipeline.readings.importer import import_file
     from solar_ml_pipeline.storage import open_store
 
     if args.device is not None:
@@ -131,8 +131,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     validate_device_id(args.device)  # before importing Dagster: a typo fails in a blink
-    from solar_ml_pipeline import operations
-    from solar_ml_pipeline.retraining import resolve_request
+    from solar_ml_pipeline.interfaces import operations
+    from solar_ml_pipeline.orchestration.retraining import resolve_request
     from solar_ml_pipeline.storage import open_store
 
     request = resolve_request(settings, args.device, args.period, args.days)
@@ -216,7 +216,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.api import serve
+    from solar_ml_pipeline.interfaces.api import serve
 
     info = {"url": f"http://{args.host}:{args.port}", "docs": f"http://{args.host}:{args.port}/docs",
             "writes_enabled": settings.api_token is not None, "store": settings.backend}
@@ -233,8 +233,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     """`dagster dev` on this project's instance and code location (UI, schedules, daemon)."""
-    from solar_ml_pipeline.instance import ensure_dagster_home
-    from solar_ml_pipeline.operations import DEFINITIONS_MODULE
+    from solar_ml_pipeline.interfaces.operations import DEFINITIONS_MODULE
+    from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
 
     home = ensure_dagster_home(settings)
     command = [sys.executable, "-m", "dagster", "dev", "-m", DEFINITIONS_MODULE,
@@ -254,8 +254,8 @@ DEMO_DEVICES = ("tracker01", "tracker02", "tracker03")
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.retraining import resolve_request, retrain_in_foreground
-    from solar_ml_pipeline.simulator import simulate_device, site_for_device
+    from solar_ml_pipeline.orchestration.retraining import resolve_request, retrain_in_foreground
+    from solar_ml_pipeline.readings.simulator import simulate_device, site_for_device
     from solar_ml_pipeline.storage import open_store
 
     store = open_store(settings)
@@ -280,7 +280,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             rows.append(record)
     finally:
         store.close()
-    from solar_ml_pipeline.run_records import public_run
+    from solar_ml_pipeline.storage.run_records import public_run
 
     shown = [public_run(r) for r in rows]
     emit(args, {"runs": shown}, lambda: _demo_table(shown, settings))
@@ -312,8 +312,7 @@ def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from solar_ml_pipeline import cli_devices, cli_manage
-
+    from solar_ml_pipeline.interfaces import cli_devices, cli_manage
     parser = Parser(prog="solar-ml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 

@@ -17,24 +17,30 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from solar_ml_pipeline import features, promotion, readings, training
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.failures import (
-    days_from_run_config,
-    no_data_message,
-    record_failed_attempt,
-)
-from solar_ml_pipeline.io_managers import partition_parts
-from solar_ml_pipeline.partitions import retrain_partitions
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.forecasting import features, promotion, training
+from solar_ml_pipeline.model_store.registry import (
     SERVING_FALLBACK,
     SERVING_MODEL,
     ModelCandidate,
     ModelStoreError,
     is_fallback,
 )
-from solar_ml_pipeline.resources import ModelStoreResource, RetrainPolicy, StoreResource
-from solar_ml_pipeline.run_records import (
+from solar_ml_pipeline.orchestration.failures import (
+    days_from_run_config,
+    no_data_message,
+    record_failed_attempt,
+)
+from solar_ml_pipeline.orchestration.io_managers import partition_parts
+from solar_ml_pipeline.orchestration.partitions import retrain_partitions
+from solar_ml_pipeline.orchestration.resources import (
+    ModelStoreResource,
+    RetrainPolicy,
+    StoreResource,
+)
+from solar_ml_pipeline.readings import cleaning as readings
+from solar_ml_pipeline.readings.simulator import site_for_device
+from solar_ml_pipeline.storage.run_records import (
     EXTRA_METRIC_FIELDS,
     STATUS_SUCCESS,
     base_record,
@@ -42,7 +48,6 @@ from solar_ml_pipeline.run_records import (
     one_line,
     utc_now,
 )
-from solar_ml_pipeline.simulator import site_for_device
 
 GROUP = "retraining"
 OWNERS = ["team:solar-ml"]

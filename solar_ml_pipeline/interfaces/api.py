@@ -17,17 +17,17 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from solar_ml_pipeline import operations
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
-from solar_ml_pipeline.partitions import InvalidPeriod
-from solar_ml_pipeline.prediction import PredictionUnavailable, predict_latest
-from solar_ml_pipeline.registry import (
+from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
+from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.model_store.registry import (
     InvalidVersion,
     ModelStoreError,
     NoCurrentModel,
     VersionNotFound,
 )
-from solar_ml_pipeline.serving import ModelServer
+from solar_ml_pipeline.model_store.serving import ModelServer
+from solar_ml_pipeline.orchestration.partitions import InvalidPeriod
 from solar_ml_pipeline.storage import StoreUnavailable, open_store
 
 DEFAULT_HOST = "127.0.0.1"
@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/api/ml/retrain", tags=["retraining"], dependencies=writer)
     def retrain(body: RetrainBody) -> JSONResponse:
         """Queue a retrain for the daemon (`background`, default) or run it and wait."""
-        from solar_ml_pipeline.retraining import resolve_request
+        from solar_ml_pipeline.orchestration.retraining import resolve_request
 
         request = resolve_request(settings, body.device_id, body.period, body.days)
         if body.background:

@@ -6,8 +6,13 @@ from collections.abc import Iterator
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings, is_valid_device_id
-from solar_ml_pipeline.jobs import RETRAIN_JOB
-from solar_ml_pipeline.partitions import DEVICE_DIMENSION, partition_key, period_cron, period_key_at
+from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
+from solar_ml_pipeline.orchestration.partitions import (
+    DEVICE_DIMENSION,
+    partition_key,
+    period_cron,
+    period_key_at,
+)
 
 RETRAIN_SCHEDULE = "retrain_schedule"
 

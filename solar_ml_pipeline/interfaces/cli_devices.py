@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from solar_ml_pipeline import operations
-from solar_ml_pipeline.cli_common import EXIT_OK, add_json_flag, emit, with_store
 from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces.cli_common import EXIT_OK, add_json_flag, emit, with_store
 
 SET_DESCRIPTION = (
     "Register where a tracker stands. On a device without a site, --lat and --lon are "
