@@ -211,7 +211,8 @@ def real_system_50(first_period: str, periods: int) -> DataSet:
 
 
 def simulated_fleet(devices: int, first_period: str, periods: int) -> DataSet:
-    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
+    from solar_ml_pipeline.readings.simulator import simulate_readings
+    from solar_ml_pipeline.readings.sites import DEFAULT_SITE
 
     start = datetime.fromisoformat(first_period) - timedelta(days=max(RETRAIN_DAYS) + 2)
     end = datetime.fromisoformat(first_period) + timedelta(days=periods + 2)

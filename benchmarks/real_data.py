@@ -28,7 +28,7 @@ NREL_GOLDEN = {"latitude": 39.7406, "longitude": -105.1775, "altitude": 1800.0}
 
 @dataclass(frozen=True)
 class RealSite:
-    """The site attributes solar.py needs (same names as simulator.Site)."""
+    """The site attributes solar.py needs (same names as readings.sites.Site)."""
 
     latitude: float
     longitude: float

@@ -44,8 +44,8 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from solar_ml_pipeline.definitions import build_definitions
 from solar_ml_pipeline.forecasting import training
+from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.instance import dagster_yaml_text, ensure_dagster_home
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, partition_key
@@ -285,7 +285,7 @@ STAGES = (
 )
 DETAILS = (
     ("of which estimator fit + test scoring", ("training.py", "train_and_evaluate")),
-    ("of which champion unpickle (registry.load_model)", ("registry.py", "load_model")),
+    ("of which champion unpickle (registry.load_model)", ("versions.py", "load_model")),
     ("of which champion scoring (training.score_on)", ("training.py", "score_on")),
     ("of which the run's new event-log database (alembic init)", ("sqlite_event_log.py", "_initdb")),
     ("of which SQLAlchemy engines created (one per event write)", ("create.py", "create_engine")),

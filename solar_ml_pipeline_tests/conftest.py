@@ -74,7 +74,8 @@ def store(settings):
 def simulate_into(store, device_id: str, *, end: datetime = PERIOD_START, days: float = 8,
                   seed: int = 0, interval_minutes: float = 1) -> int:
     """Readings for `days` before `end` (plus a day after it, which training must not see)."""
-    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
+    from solar_ml_pipeline.readings.simulator import simulate_readings
+    from solar_ml_pipeline.readings.sites import DEFAULT_SITE
 
     frame = simulate_readings(device_id, start=end - timedelta(days=days),
                               end=end + timedelta(days=1), interval_minutes=interval_minutes,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from solar_ml_pipeline.definitions import build_definitions
 from solar_ml_pipeline.orchestration.alerts import (
     RUN_FAILURE_SENSOR,
     AlertNotDelivered,
@@ -17,6 +16,7 @@ from solar_ml_pipeline.orchestration.alerts import (
     post_alert,
     run_url,
 )
+from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, partition_key

@@ -111,7 +111,8 @@ def test_training_never_sees_readings_at_or_after_the_cutoff(settings, store, de
     assert raw_rows == len(in_window)
     assert record["rows_used"] <= raw_rows
     # and independently of the store's own window query: the simulated grid, counted here
-    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
+    from solar_ml_pipeline.readings.simulator import simulate_readings
+    from solar_ml_pipeline.readings.sites import DEFAULT_SITE
 
     written = simulate_readings(device_with_data, start=PERIOD_START - timedelta(days=10),
                                 end=PERIOD_START + timedelta(days=1), site=DEFAULT_SITE)

@@ -20,7 +20,8 @@ import pytest
 
 from solar_ml_pipeline.config import settings_from_env
 from solar_ml_pipeline.interfaces import cli, operations
-from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
+from solar_ml_pipeline.readings.simulator import simulate_readings
+from solar_ml_pipeline.readings.sites import DEFAULT_SITE
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline.storage.run_records import utc_now
 from solar_ml_pipeline_tests.conftest import (

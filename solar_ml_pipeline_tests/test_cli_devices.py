@@ -151,7 +151,7 @@ def test_a_site_set_on_the_command_line_drives_the_simulator_and_training(test_e
     from solar_ml_pipeline.config import load_settings
     from solar_ml_pipeline.forecasting.features import build_feature_frame
     from solar_ml_pipeline.interfaces import operations
-    from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, Site
+    from solar_ml_pipeline.readings.sites import DEFAULT_SITE, Site
 
     for name, value in test_env.items():
         monkeypatch.setenv(name, value)

@@ -3,7 +3,7 @@ import importlib
 import dagster as dg
 import yaml
 
-from solar_ml_pipeline.definitions import build_definitions
+from solar_ml_pipeline.orchestration.definitions import build_definitions
 
 ASSETS = ["raw_readings", "feature_frame", "model_version", "promotion_decision"]
 

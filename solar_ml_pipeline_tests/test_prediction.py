@@ -11,7 +11,7 @@ import pytest
 from solar_ml_pipeline.forecasting import solar
 from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
 from solar_ml_pipeline.model_store.serving import ModelServer
-from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, Site
+from solar_ml_pipeline.readings.sites import DEFAULT_SITE, Site
 from solar_ml_pipeline_tests.test_operations import (
     FALLBACK_REASON,
     NOW,

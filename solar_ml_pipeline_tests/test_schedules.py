@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from solar_ml_pipeline.config import settings_from_env
-from solar_ml_pipeline.definitions import build_definitions
+from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION
 from solar_ml_pipeline.orchestration.schedules import RETRAIN_SCHEDULE
 

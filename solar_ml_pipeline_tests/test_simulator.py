@@ -10,17 +10,14 @@ import pytest
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
 from solar_ml_pipeline.readings.simulator import (
     COLUMNS,
-    DEFAULT_SITE,
     FAN_COOLING_C,
     FAN_OFF_C,
     FAN_ON_C,
-    Site,
     module_temperature_and_fan,
     simulate_device,
     simulate_readings,
-    site_for_device,
-    site_from_settings,
 )
+from solar_ml_pipeline.readings.sites import DEFAULT_SITE, Site, site_for_device, site_from_settings
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.storage.mongomock_client import mongomock_store
 

@@ -80,7 +80,7 @@ FEATURE_SETS_NEEDING_SITE = ("solar",)
 @dataclass(frozen=True)
 class FeatureOptions:
     """What a feature-set builder may depend on besides the readings. `site`: any object
-    with latitude, longitude, altitude and capacity_w (e.g. simulator.Site)."""
+    with latitude, longitude, altitude and capacity_w (e.g. sites.Site)."""
 
     horizon_minutes: int
     timezone: str

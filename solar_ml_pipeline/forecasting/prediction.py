@@ -56,7 +56,7 @@ def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -
     """The site the model's features were computed for; else the device's registered site."""
     from dataclasses import fields
 
-    from solar_ml_pipeline.readings.simulator import Site, site_for_device
+    from solar_ml_pipeline.readings.sites import Site, site_for_device
 
     recorded = getattr(model, "site", None)
     if isinstance(recorded, dict):
@@ -127,7 +127,7 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
     """The fallback forecast from the newest reading, same freshness rule as a model's."""
     from solar_ml_pipeline.forecasting.solar import smart_persistence_forecast
     from solar_ml_pipeline.readings.cleaning import clean_readings
-    from solar_ml_pipeline.readings.simulator import site_for_device
+    from solar_ml_pipeline.readings.sites import site_for_device
 
     device_id = served.device_id
     horizon = settings.horizon_minutes

@@ -5,7 +5,7 @@ Power at a site is mostly geometry (sun elevation, a clear-sky ceiling that rise
 every day) times weather (the clear-sky index, power / clear-sky power). Geometry is known
 exactly for any future instant; only the weather has to be forecast. These helpers compute
 the geometric part for any object with the site attributes `latitude`, `longitude`,
-`altitude` (m) and `capacity_w` (e.g. `simulator.Site`), vectorised over timestamps.
+`altitude` (m) and `capacity_w` (e.g. `readings.sites.Site`), vectorised over timestamps.
 
 Choices (measured in benchmarks/forecast_quality.py, see benchmarks/RESULTS.md):
 

@@ -85,7 +85,8 @@ def _parse_time(text: str) -> datetime:
 # --- simulate / import -------------------------------------------------------------------
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.readings.simulator import simulate_device, site_for_device
+    from solar_ml_pipeline.readings.simulator import simulate_device
+    from solar_ml_pipeline.readings.sites import site_for_device
     from solar_ml_pipeline.storage import open_store
 
     validate_device_id(args.device)
@@ -255,7 +256,8 @@ DEMO_DEVICES = ("tracker01", "tracker02", "tracker03")
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from solar_ml_pipeline.orchestration.retraining import resolve_request, retrain_in_foreground
-    from solar_ml_pipeline.readings.simulator import simulate_device, site_for_device
+    from solar_ml_pipeline.readings.simulator import simulate_device
+    from solar_ml_pipeline.readings.sites import site_for_device
     from solar_ml_pipeline.storage import open_store
 
     store = open_store(settings)

@@ -2,7 +2,7 @@
 
 The site (latitude, longitude, altitude, capacity, timezone) drives the solar features, the
 daylight metrics, the smart-persistence fallback and the simulator, so a tracker away from the
-default site needs one. Thin: the checks and the merge live in `operations` (API-ready).
+default site needs one. Thin: the checks and the merge live in `device_sites` (API-ready).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces import device_sites
 from solar_ml_pipeline.interfaces.cli_common import EXIT_OK, add_json_flag, emit, with_store
 
 SET_DESCRIPTION = (
@@ -39,7 +39,7 @@ def _site_text(entry: dict[str, Any]) -> str:
 def cmd_device_set(args: argparse.Namespace, settings: Settings) -> int:
     fields = {"latitude": args.lat, "longitude": args.lon, "altitude": args.altitude,
               "capacity_w": args.capacity, "timezone": args.timezone}
-    entry = with_store(settings, lambda store: operations.set_device_site(
+    entry = with_store(settings, lambda store: device_sites.set_device_site(
         settings, store, args.device, **fields))
     action = "created" if entry["created"] else f"updated {', '.join(entry['updated'])}"
     emit(args, entry, lambda: (
@@ -49,7 +49,7 @@ def cmd_device_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_device_list(args: argparse.Namespace, settings: Settings) -> int:
-    listing = with_store(settings, lambda store: operations.list_device_sites(settings, store))
+    listing = with_store(settings, lambda store: device_sites.list_device_sites(settings, store))
     emit(args, listing, lambda: format_sites(listing))
     return EXIT_OK
 

@@ -1,52 +1,33 @@
 """The retraining assets: raw_readings -> feature_frame -> model_version -> promotion_decision.
 
-Thin Dagster wrappers: the work is in readings, features, training, promotion and registry.
-Each asset records a `failed` run-log entry itself when it fails, so an attempt launched from
-anywhere (schedule, UI, CLI) leaves its record even without a job-level hook.
+Each body calls one step of `forecasting.attempt` and turns its result into Dagster events
+(outputs, metadata, checks). Each asset records a `failed` run-log entry itself when it
+fails, so an attempt launched from anywhere (schedule, UI, CLI) leaves its record even
+without a job-level hook.
 """
-
 
 import math
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.forecasting import features, promotion, training
-from solar_ml_pipeline.model_store.registry import (
-    SERVING_FALLBACK,
-    SERVING_MODEL,
-    ModelCandidate,
-    ModelStoreError,
-    is_fallback,
-)
-from solar_ml_pipeline.orchestration.failures import (
-    days_from_run_config,
-    no_data_message,
-    record_failed_attempt,
-)
+from solar_ml_pipeline.forecasting import attempt as steps
+from solar_ml_pipeline.forecasting.training import threads_per_run
+from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK
+from solar_ml_pipeline.orchestration.failures import days_from_run_config, record_failed_attempt
 from solar_ml_pipeline.orchestration.io_managers import partition_parts
 from solar_ml_pipeline.orchestration.partitions import retrain_partitions
 from solar_ml_pipeline.orchestration.resources import (
     ModelStoreResource,
     RetrainPolicy,
     StoreResource,
-)
-from solar_ml_pipeline.readings import cleaning as readings
-from solar_ml_pipeline.readings.simulator import site_for_device
-from solar_ml_pipeline.storage.run_records import (
-    EXTRA_METRIC_FIELDS,
-    STATUS_SUCCESS,
-    base_record,
-    failed_fields,
-    one_line,
-    utc_now,
 )
 
 GROUP = "retraining"
@@ -75,19 +56,25 @@ class TrainingFailed(dg.Failure):
     """A failure whose description is the one-line error recorded in the run log."""
 
 
-def _window(context: dg.AssetExecutionContext, days: int) -> tuple[datetime, datetime]:
-    period = context.partition_time_window
-    cutoff = period.start.astimezone(UTC)
-    return cutoff - timedelta(days=days), cutoff
+def _run_start(context: dg.AssetExecutionContext) -> float | None:
+    return context.instance.get_run_stats(context.run_id).start_time
 
 
-def _days_used(context: dg.AssetExecutionContext, policy: RetrainPolicy) -> int:
-    return days_from_run_config(context.run.run_config) or policy.retrain_days
+def _attempt(context: dg.AssetExecutionContext, policy: RetrainPolicy,
+             days: int | None = None) -> steps.Attempt:
+    """The attempt this step belongs to: its partition, cutoff (period start) and window."""
+    device_id, period_key = partition_parts(context)
+    return steps.Attempt(
+        run_id=context.run_id, device_id=device_id, period_key=period_key,
+        cutoff=context.partition_time_window.start.astimezone(UTC),
+        days=days or days_from_run_config(context.run.run_config) or policy.retrain_days,
+        started_at=_run_start(context) or time.time(),
+    )
 
 
 def _run_duration_s(context: dg.AssetExecutionContext) -> float | None:
-    stats = context.instance.get_run_stats(context.run_id)
-    return round(time.time() - stats.start_time, 3) if stats.start_time else None
+    start = _run_start(context)
+    return round(time.time() - start, 3) if start else None
 
 
 @contextmanager
@@ -145,34 +132,24 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def raw_readings(context: dg.AssetExecutionContext, config: RetrainConfig,
                      store: StoreResource, policy: RetrainPolicy) -> Iterator[Any]:
         with _recorded_attempt(context, settings, store):
-            device_id, _ = partition_parts(context)
-            days = config.days or policy.retrain_days
-            start, end = _window(context, days)
-            frame = store.open().read_window(device_id, start, end)
-            clean, report = readings.clean_readings(frame)
-            rows = len(clean)
-            yield dg.Output(
-                clean,
-                metadata={
-                    "window_start": start.isoformat(),
-                    "window_end": end.isoformat(),
-                    "days_used": days,
-                    "rows": rows,
-                    **report.as_metadata(),
-                },
-            )
-            enough = rows >= policy.min_training_rows
-            message = no_data_message(device_id, start, end, rows)
+            attempt = _attempt(context, policy, config.days)
+            window = steps.read_window(store.open(), attempt, policy.plain())
+            rows = len(window.frame)
+            yield dg.Output(window.frame, metadata={
+                "window_start": attempt.window_start.isoformat(),
+                "window_end": attempt.cutoff.isoformat(),
+                "days_used": attempt.days, "rows": rows, **window.report.as_metadata(),
+            })
             yield dg.AssetCheckResult(
-                check_name=ENOUGH_ROWS_CHECK,
-                passed=enough,
+                check_name=ENOUGH_ROWS_CHECK, passed=window.enough,
                 severity=dg.AssetCheckSeverity.ERROR,
-                description=None if enough else message,
+                description=None if window.enough else window.message,
                 metadata={"rows": rows, "min_training_rows": policy.min_training_rows},
             )
-            yield _freshness_result(report.last_timestamp, end, context.partition_time_window)
-            if not enough:
-                raise TrainingFailed(description=message)
+            yield _freshness_result(window.report.last_timestamp, attempt.cutoff,
+                                    context.partition_time_window)
+            if not window.enough:
+                raise TrainingFailed(description=window.message)
 
     @dg.asset(
         **common,
@@ -186,15 +163,8 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def feature_frame(context: dg.AssetExecutionContext, raw_readings: pd.DataFrame,
                       store: StoreResource, policy: RetrainPolicy) -> dg.Output:
         with _recorded_attempt(context, settings, store):
-            device_id, _ = partition_parts(context)
-            built = features.build_feature_frame(
-                raw_readings,
-                horizon_minutes=policy.horizon_minutes,
-                timezone=policy.timezone,
-                feature_set=policy.feature_set,
-                with_target=True,
-                site=site_for_device(store.open(), settings, device_id),
-            )
+            built = steps.build_features(raw_readings, store.open(), settings,
+                                         _attempt(context, policy), policy.plain())
             return dg.Output(
                 built,
                 metadata={
@@ -227,67 +197,17 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                       store: StoreResource, models: ModelStoreResource,
                       policy: RetrainPolicy) -> Iterator[Any]:
         with _recorded_attempt(context, settings, store):
-            device_id, period_key = partition_parts(context)
-            days = _days_used(context, policy)
-            start, end = _window(context, days)
-            model, evaluation = training.train_and_evaluate(
-                feature_frame,
-                model_type=policy.model_type,
-                horizon_minutes=policy.horizon_minutes,
-                feature_set=policy.feature_set,
-                threads=training.threads_per_run(settings.max_concurrent_runs),
-            )
-            trained_at = utc_now()
-            version = models.registry().new_version_id(trained_at)
-            metrics = evaluation.as_metrics()
-            meta = {
-                "device_id": device_id,
-                "version": version,
-                "trained_at": trained_at.isoformat().replace("+00:00", "Z"),
-                "days_used": days,
-                "rows_used": int(metrics.get("rows_used", len(feature_frame.frame))),
-                "features": list(model.features),
-                "metrics": metrics,
-                "model_type": policy.model_type,
-                "feature_set": policy.feature_set,
-                "horizon_minutes": policy.horizon_minutes,
-                "partition_key": str(context.partition_key),
-                "period": period_key,
-                "window_start": start.isoformat().replace("+00:00", "Z"),
-                "window_end": end.isoformat().replace("+00:00", "Z"),
-                "cutoff": end.isoformat().replace("+00:00", "Z"),
-            }
-            float_metadata = {
-                name: float(value) for name, value in metrics.items()
-                if isinstance(value, float) and math.isfinite(value)
-            }
-            int_metadata = {
-                name: int(value) for name, value in metrics.items()
-                if isinstance(value, int) and not isinstance(value, bool)
-            }
-            yield dg.Output(
-                ModelCandidate(device_id=device_id, version=version, model=model, meta=meta),
-                metadata={
-                    **float_metadata,
-                    **int_metadata,
-                    "model_type": policy.model_type,
-                    "feature_set": policy.feature_set,
-                    "period": period_key,
-                    "feature_importance": _importance_table(model),
-                },
-            )
-            skill = metrics.get("skill")
-            yield dg.AssetCheckResult(
-                check_name=POSITIVE_SKILL_CHECK,
-                passed=bool(skill is not None and math.isfinite(skill) and skill > 0),
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"skill": float(skill) if skill is not None and math.isfinite(skill) else 0.0,
-                          "mae": float(metrics["mae"]),
-                          "persistence_mae": float(metrics["persistence_mae"])},
-                description=None if skill and skill > 0 else (
-                    f"skill {skill} against persistence: the forecast does not beat "
-                    "'power stays what it is now' on this window"),
-            )
+            candidate = steps.train_candidate(
+                feature_frame, _attempt(context, policy), policy.plain(),
+                threads=threads_per_run(settings.max_concurrent_runs))
+            metrics = candidate.meta["metrics"]
+            yield dg.Output(candidate, metadata={
+                **_number_metadata(metrics),
+                "model_type": policy.model_type, "feature_set": policy.feature_set,
+                "period": candidate.meta["period"],
+                "feature_importance": _importance_table(candidate.model),
+            })
+            yield _skill_result(metrics)
 
     @dg.asset(
         **common,
@@ -305,7 +225,12 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                            models: ModelStoreResource,
                            policy: RetrainPolicy) -> dg.MaterializeResult:
         with _recorded_attempt(context, settings, store):
-            return _decide_and_record(context, model_version, feature_frame, store, models, policy)
+            attempt = _attempt(context, policy, int(model_version.meta["days_used"]))
+            outcome = steps.decide_and_record(store.open(), models.registry(), attempt,
+                                              model_version, feature_frame, policy.plain())
+            context.log.info(f"{attempt.device_id} {attempt.period_key}: "
+                             f"{outcome.decision.reason}")
+            return dg.MaterializeResult(metadata=_decision_metadata(outcome, model_version.version))
 
     return [raw_readings, feature_frame, model_version, promotion_decision]
 
@@ -342,181 +267,65 @@ def _importance_table(model: Any) -> dg.MetadataValue:
     )
 
 
-# Decision rules of a challenger refused by the persistence gate (promotion.py rule 3).
-GATE_REFUSALS = ("loses_to_persistence", "persistence_unknown")
+def _number_metadata(metrics: dict[str, Any]) -> dict[str, float | int]:
+    """Finite float and int metrics as plottable metadata."""
+    out: dict[str, float | int] = {}
+    for name, value in metrics.items():
+        if isinstance(value, float) and math.isfinite(value):
+            out[name] = float(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[name] = int(value)
+    return out
 
 
-def _number(value: float | None) -> str:
-    return f"{value:.4g}" if value is not None and math.isfinite(value) else "unknown"
+def _skill_result(metrics: dict[str, Any]) -> dg.AssetCheckResult:
+    skill = metrics.get("skill")
+    known = skill is not None and math.isfinite(skill)
+    return dg.AssetCheckResult(
+        check_name=POSITIVE_SKILL_CHECK,
+        passed=bool(known and skill > 0),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"skill": float(skill) if known else 0.0,
+                  "mae": float(metrics["mae"]),
+                  "persistence_mae": float(metrics["persistence_mae"])},
+        description=None if skill and skill > 0 else (
+            f"skill {skill} against persistence: the forecast does not beat "
+            "'power stays what it is now' on this window"),
+    )
 
 
-def _fallback_backfill(pointer: dict[str, Any], challenger: promotion.Contender) -> promotion.Decision | None:
-    """A challenger older than the one that put the device on smart persistence is a backfill."""
-    cutoff = pointer.get("cutoff")
-    if not cutoff or challenger.cutoff >= _parse(cutoff):
-        return None
-    return promotion.Decision(
-        False, f"Not promoted: backfill, cutoff {challenger.cutoff.isoformat()} is older than "
-               f"the {cutoff} of the challenger that put the device on smart persistence "
-               f"(challenger {challenger.version} MAE {_number(challenger.mae)})", "backfill")
-
-
-def _decide_and_record(context: dg.AssetExecutionContext, stored: Any, feature_frame: Any,
-                       store: StoreResource, models: ModelStoreResource,
-                       policy: RetrainPolicy) -> dg.MaterializeResult:
-    """Decide, record the attempt, then move the pointer: to the challenger, to the
-    smart-persistence fallback (gate on, challenger refused by it and no champion that still
-    beats persistence in daylight on the same window), or nowhere."""
-    device_id, period_key = partition_parts(context)
-    registry = models.registry()
-    meta = stored.meta
-    metrics = meta["metrics"]
-    _, test = training.split_time_ordered(feature_frame.frame)
-    cutoff = _parse(meta["cutoff"])
-    challenger = promotion.daylight_gate_contender(stored.version, metrics, cutoff)
-    with registry.device_lock(device_id):
-        pointer = registry.read_pointer(device_id)
-        on_fallback = is_fallback(pointer)
-        champion = None
-        champion_note = None
-        champion_daylight = None
-        champion_unservable = False
-        if pointer is not None and not on_fallback:
-            champion_meta = registry.read_meta(device_id, pointer["version"])
-            champion_cutoff = _parse(str(champion_meta.get("cutoff") or champion_meta["trained_at"]))
-            try:
-                # The pointer's sha256 too: a pkl replaced together with its meta is never
-                # unpickled; a champion that cannot be verified is unscored, so it is replaced.
-                champion_model = registry.load_model(device_id, pointer["version"],
-                                                     expected_sha256=pointer["sha256"])
-                champion_mae = training.score_on(champion_model, test,
-                                                  horizon_minutes=policy.horizon_minutes)
-                champion_daylight = training.daylight_score_on(
-                    champion_model, test, horizon_minutes=policy.horizon_minutes)
-            except (training.FeaturesUnavailable, ModelStoreError) as exc:
-                champion_mae = float("nan")
-                champion_note = str(exc)
-                # missing, damaged or replaced: it cannot serve, so it is no reason to stay
-                champion_unservable = isinstance(exc, ModelStoreError)
-            champion = promotion.Contender(version=pointer["version"], mae=champion_mae,
-                                           cutoff=champion_cutoff,
-                                           persistence_mae=challenger.persistence_mae,
-                                           gate_mae=champion_daylight)
-        # A fallback pointer is no champion: the next challenger that passes the gate serves.
-        decision = _fallback_backfill(pointer, challenger) if on_fallback else None
-        if decision is None:
-            decision = promotion.decide_promotion(
-                challenger, champion, policy.mae_threshold_percent,
-                require_beat_persistence=policy.require_beat_persistence)
-        champion_beats = promotion.beats_persistence(champion) if champion else None
-        to_fallback = (policy.require_beat_persistence and not decision.promoted
-                       and decision.rule in GATE_REFUSALS
-                       and (champion is None or champion_beats is False or champion_unservable))
-        reason = decision.reason if champion_note is None else f"{decision.reason} ({champion_note})"
-        persistence = f"daylight persistence MAE {_number(challenger.persistence_mae)}"
-        if to_fallback and champion_unservable:
-            reason += (f"; champion {champion.version} cannot be served, so it is displaced and "
-                       f"{device_id} is served by smart persistence")
-        elif to_fallback and champion is not None:
-            reason += (f"; champion {champion.version} loses to persistence too (daylight MAE "
-                       f"{_number(champion_daylight)}, {persistence}), so it is displaced and "
-                       f"{device_id} is served by smart persistence")
-        elif to_fallback:
-            state = "stays on" if on_fallback else "no model beats persistence, so it is served by"
-            reason += f"; {device_id} {state} smart persistence"
-        elif champion is not None and decision.rule in GATE_REFUSALS:
-            standing = ("unknown" if champion_beats is None else
-                        f"daylight MAE {_number(champion_daylight)}, {persistence}")
-            reason += f"; champion {champion.version} stays in service ({standing})"
-        elif on_fallback and decision.promoted:
-            reason += f"; replaces the smart-persistence fallback of {device_id}"
-        reason = one_line(reason)
-        if to_fallback or (on_fallback and not decision.promoted):
-            serving = SERVING_FALLBACK
-        elif decision.promoted or champion is not None:
-            serving = SERVING_MODEL
-        else:
-            serving = None
-        record = base_record(
-            run_id=context.run_id, device_id=device_id, partition_key=str(context.partition_key),
-            period=period_key, window_start=_parse(meta["window_start"]), window_end=_parse(meta["window_end"]),
-            days_used=meta["days_used"], horizon_minutes=meta["horizon_minutes"],
-            model_type=meta["model_type"], trained_at=_parse(meta["trained_at"]),
-        )
-        record.update(
-            rows_used=meta["rows_used"],
-            mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
-            train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
-            persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
-            **{name: metrics.get(name) for name in EXTRA_METRIC_FIELDS},
-            features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
-            version=stored.version, status=STATUS_SUCCESS, error=None,
-            promoted=decision.promoted, decision_reason=reason, decision_rule=decision.rule,
-            champion_version=champion.version if champion else None,
-            champion_mae=_finite_or_none(champion.mae) if champion else None,
-            champion_daylight_mae=champion_daylight, serving=serving,
-            duration_s=_run_duration_s(context), finished_at=utc_now(),
-        )
-        # The record before the pointer: a run log that cannot take the attempt (store down or
-        # read-only) fails the run before a model it never recorded can serve.
-        store.open().upsert_run(record)
-        new_pointer = pointer
-        try:
-            if decision.promoted:
-                new_pointer = registry.set_pointer(device_id, stored.version)
-            elif to_fallback:
-                new_pointer = registry.set_fallback(
-                    device_id, reason=reason, challenger_version=stored.version,
-                    cutoff=meta["cutoff"],
-                    figures={"daylight_mae": challenger.gate_mae,
-                             "daylight_persistence_mae": challenger.persistence_mae,
-                             "champion_daylight_mae": champion_daylight})
-        except Exception as exc:
-            what = "promoted" if decision.promoted else "put on smart persistence"
-            store.open().upsert_run({"run_id": context.run_id, **failed_fields(
-                f"{stored.version} was stored but {device_id} was not {what}: {exc}",
-                record["duration_s"])})
-            raise
-
-    context.log.info(f"{device_id} {period_key}: {reason}")
+def _decision_metadata(outcome: steps.Outcome, version: str) -> dict[str, Any]:
+    decision, challenger = outcome.decision, outcome.challenger
+    champion = outcome.champion.contender if outcome.champion else None
+    champion_daylight = outcome.record["champion_daylight_mae"]
     gate_figures = {name: float(value) for name, value in (
         ("challenger_daylight_mae", challenger.gate_mae),
         ("daylight_persistence_mae", challenger.persistence_mae),
         ("champion_daylight_mae", champion_daylight),
     ) if value is not None and math.isfinite(value)}
-    return dg.MaterializeResult(
-        metadata={
-            "promoted": decision.promoted,
-            "reason": reason,
-            "rule": decision.rule,
-            "serving": serving or "none",
-            "serving_fallback": int(serving == SERVING_FALLBACK),
-            "challenger_version": stored.version,
-            "challenger_mae": float(challenger.mae),
-            "champion_version": record["champion_version"] or "",
-            "contenders": dg.MetadataValue.table(
-                records=[
-                    dg.TableRecord({"role": "challenger", "version": stored.version,
-                                    "mae": float(challenger.mae)}),
-                    *([dg.TableRecord({"role": "champion", "version": champion.version,
-                                       "mae": float(champion.mae)})] if champion else []),
-                ],
-                schema=dg.TableSchema(columns=[
-                    dg.TableColumn("role", "string"), dg.TableColumn("version", "string"),
-                    dg.TableColumn("mae", "float"),
-                ]),
-            ),
-            **({"champion_mae": float(champion.mae)}
-               if champion and math.isfinite(champion.mae) else {}),
-            **gate_figures,
-            "pointer": dg.MetadataValue.json(new_pointer or {}),
-        },
-    )
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+    return {
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "serving": decision.serving or "none",
+        "serving_fallback": int(decision.serving == SERVING_FALLBACK),
+        "challenger_version": version,
+        "challenger_mae": float(challenger.mae),
+        "champion_version": outcome.record["champion_version"] or "",
+        "contenders": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({"role": "challenger", "version": version,
+                                "mae": float(challenger.mae)}),
+                *([dg.TableRecord({"role": "champion", "version": champion.version,
+                                   "mae": float(champion.mae)})] if champion else []),
+            ],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("role", "string"), dg.TableColumn("version", "string"),
+                dg.TableColumn("mae", "float"),
+            ]),
+        ),
+        **({"champion_mae": float(champion.mae)}
+           if champion and math.isfinite(champion.mae) else {}),
+        **gate_figures,
+        "pointer": dg.MetadataValue.json(outcome.pointer or {}),
+    }

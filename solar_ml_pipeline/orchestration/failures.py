@@ -9,7 +9,6 @@ run already has.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -17,12 +16,7 @@ import dagster as dg
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.orchestration.partitions import InvalidPeriod, training_window
 from solar_ml_pipeline.storage.base import RunLog
-from solar_ml_pipeline.storage.run_records import (
-    STATUS_FAILED,
-    base_record,
-    failed_fields,
-    one_line,
-)
+from solar_ml_pipeline.storage.run_records import base_record, one_line, write_failure
 
 DEVICE_TAG = "dagster/partition/device"
 PERIOD_TAG = "dagster/partition/period"
@@ -32,9 +26,6 @@ def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, d
                           period_key: str, days: int | None, message: str,
                           duration_s: float | None = None) -> bool:
     """Write the failed record unless this run already has one; True when it wrote."""
-    existing = run_log.get_run(run_id)
-    if existing is not None and existing.get("status") in (STATUS_FAILED, "success"):
-        return False
     days_used = days or settings.retrain_days
     try:
         window = training_window(settings, device_id, period_key, days_used)
@@ -46,9 +37,7 @@ def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, d
         period=period_key, window_start=start, window_end=end, days_used=days_used,
         horizon_minutes=settings.horizon_minutes, model_type=settings.model_type,
     )
-    record.update(failed_fields(message, duration_s))
-    run_log.upsert_run(record)
-    return True
+    return write_failure(run_log, record, message, duration_s)
 
 
 def days_from_run_config(run_config: Any) -> int | None:
@@ -58,11 +47,6 @@ def days_from_run_config(run_config: Any) -> int | None:
     except (KeyError, TypeError):
         return None
     return int(value) if value else None
-
-
-def no_data_message(device_id: str, start: datetime, end: datetime, rows: int) -> str:
-    return (f"No data found for training: device {device_id}, "
-            f"window [{start.isoformat()}, {end.isoformat()}): {rows} rows")
 
 
 def _innermost_message(error: Any) -> str | None:

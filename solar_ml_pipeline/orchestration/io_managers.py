@@ -8,11 +8,13 @@ that needs the estimator loads it with `registry.load_model(..., expected_sha256
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 
 from solar_ml_pipeline.config import validate_device_id
+from solar_ml_pipeline.forecasting.attempt import store_candidate
 from solar_ml_pipeline.model_store.registry import (
     ModelCandidate,
     ModelRegistry,
@@ -72,8 +74,6 @@ class VersionedModelIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string() if context.has_asset_key else 'output'} "
                 f"returned {type(obj).__name__}: return a ModelCandidate to store a model version"
             )
-        meta = dict(obj.meta)
-        meta["dagster_run_id"] = context.run_id
         if context.has_partition_key:
             device, _ = partition_parts(context)
             if device != obj.device_id:
@@ -81,8 +81,8 @@ class VersionedModelIOManager(dg.ConfigurableIOManager):
                     f"model for device {obj.device_id} returned in partition {context.partition_key}"
                     f": return the model of the partition's device {device}"
                 )
-            meta.setdefault("partition_key", str(context.partition_key))
-        stored = self.registry().save_version(obj.device_id, obj.version, obj.model, meta)
+            obj = replace(obj, meta={"partition_key": str(context.partition_key), **obj.meta})
+        stored = store_candidate(self.registry(), obj, context.run_id)
         context.add_output_metadata(
             {
                 "version": stored.version,

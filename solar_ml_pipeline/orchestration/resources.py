@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.forecasting.attempt import Policy
 from solar_ml_pipeline.model_store.registry import ModelRegistry
 from solar_ml_pipeline.storage import Store, open_store
 
@@ -98,4 +99,14 @@ class RetrainPolicy(dg.ConfigurableResource):
             timezone=settings.timezone,
             site_latitude=settings.site_latitude,
             site_longitude=settings.site_longitude,
+        )
+
+    def plain(self) -> Policy:
+        """The same values as the domain's Policy, which the attempt steps take."""
+        return Policy(
+            retrain_days=self.retrain_days, horizon_minutes=self.horizon_minutes,
+            model_type=self.model_type, feature_set=self.feature_set,
+            min_training_rows=self.min_training_rows,
+            mae_threshold_percent=self.mae_threshold_percent,
+            require_beat_persistence=self.require_beat_persistence, timezone=self.timezone,
         )

@@ -79,7 +79,7 @@ def add_device_partition(instance: dg.DagsterInstance, device_id: str) -> None:
 @functools.lru_cache(maxsize=4)
 def _retrain_job(settings: Settings) -> dg.JobDefinition:
     """Built once per process and settings: the demo, the API and benchmarks retrain many times."""
-    from solar_ml_pipeline.definitions import build_definitions
+    from solar_ml_pipeline.orchestration.definitions import build_definitions
 
     return build_definitions(settings).resolve_job_def(RETRAIN_JOB)
 

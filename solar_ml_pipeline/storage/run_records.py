@@ -63,6 +63,19 @@ def failed_fields(error: str, duration_s: float | None = None) -> dict[str, Any]
             "duration_s": duration_s, "finished_at": utc_now()}
 
 
+def write_failure(run_log: Any, record: dict[str, Any], message: str,
+                  duration_s: float | None = None) -> bool:
+    """Write a `failed` record unless its run already has a final one; True when it wrote.
+
+    Whoever notices a failure first (the step, the launcher, the failure sensor) calls this,
+    so an attempt never gets two records and a success is never overwritten."""
+    existing = run_log.get_run(record["run_id"])
+    if existing is not None and existing.get("status") in (STATUS_FAILED, STATUS_SUCCESS):
+        return False
+    run_log.upsert_run({**record, **failed_fields(message, duration_s)})
+    return True
+
+
 def one_line(message: str, limit: int = 500) -> str:
     """Errors are stored and shown as one line; tracebacks belong in the Dagster run logs."""
     text = " ".join(str(message).split())

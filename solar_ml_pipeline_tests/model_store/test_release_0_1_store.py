@@ -11,7 +11,8 @@ from solar_ml_pipeline.forecasting.features import build_feature_frame
 from solar_ml_pipeline.forecasting.training import ForecastModel
 from solar_ml_pipeline.model_store.registry import ModelRegistry
 from solar_ml_pipeline.model_store.serving import ModelServer
-from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, simulate_readings
+from solar_ml_pipeline.readings.simulator import simulate_readings
+from solar_ml_pipeline.readings.sites import DEFAULT_SITE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_0_1_store"
 # The first release's pointer and meta name absolute paths, so the store is restored where

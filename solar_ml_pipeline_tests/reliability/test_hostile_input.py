@@ -35,7 +35,7 @@ from solar_ml_pipeline.readings.importer import (
     clean_reading,
     import_file,
 )
-from solar_ml_pipeline.readings.simulator import DEFAULT_SITE, site_for_device
+from solar_ml_pipeline.readings.sites import DEFAULT_SITE, site_for_device
 from solar_ml_pipeline.storage.sqlite import SqliteStore
 from solar_ml_pipeline_tests.conftest import PERIOD, PERIOD_START
 from solar_ml_pipeline_tests.reliability.conftest import DAYS

@@ -23,7 +23,6 @@ import dagster as dg
 import pytest
 
 from solar_ml_pipeline.config import settings_from_env
-from solar_ml_pipeline.definitions import build_definitions
 from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     ModelRegistry,
@@ -32,6 +31,7 @@ from solar_ml_pipeline.model_store.registry import (
     sha256_hex,
 )
 from solar_ml_pipeline.model_store.serving import ModelServer
+from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.resources import StoreResource
 from solar_ml_pipeline.orchestration.sensors import DEVICE_SENSOR
 from solar_ml_pipeline_tests.conftest import PERIOD

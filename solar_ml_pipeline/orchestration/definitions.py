@@ -1,0 +1,35 @@
+"""Everything Dagster loads, built from Settings: assets, job, schedule, sensors, resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.orchestration.alerts import build_run_failure_sensor
+from solar_ml_pipeline.orchestration.assets import build_assets
+from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager
+from solar_ml_pipeline.orchestration.jobs import build_retrain_job
+from solar_ml_pipeline.orchestration.resources import (
+    ModelStoreResource,
+    RetrainPolicy,
+    StoreResource,
+)
+from solar_ml_pipeline.orchestration.schedules import build_retrain_schedule
+from solar_ml_pipeline.orchestration.sensors import build_device_sensor
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=build_assets(settings),
+        jobs=[build_retrain_job(settings)],
+        schedules=[build_retrain_schedule(settings)],
+        sensors=[build_device_sensor(settings), build_run_failure_sensor(settings)],
+        resources={
+            "store": StoreResource.from_settings(settings),
+            "models": ModelStoreResource(model_dir=str(settings.model_dir)),
+            "policy": RetrainPolicy.from_settings(settings),
+            "model_io_manager": VersionedModelIOManager(model_dir=str(settings.model_dir)),
+            "frame_io_manager": dg.mem_io_manager,
+        },
+    )
+
