@@ -6,10 +6,10 @@ version holds). It is then stored with each candidate format and loaded back thr
 serving loader, `ModelServer(registry).load_current(device)` (pointer read, sha256 check,
 decode), a fresh server each time so nothing is cached.
 
-The registry serialises in one place (registry.serialize_model / deserialize_model). This
-benchmark swaps those two functions *in its own process* for each candidate format, so the
-figures are the real save and load paths with only the encoding changed; registry.py is not
-edited. "save s" is `save_version` (encode, sha256, two fsync'd atomic writes).
+The store serialises in one place (model_store/serialization.py: serialize_model /
+deserialize_model, called by model_store/versions.py). This benchmark swaps those two functions
+where versions.py uses them, *in its own process*, for each candidate format, so the figures
+are the real save and load paths with only the encoding changed; no store module is edited. "save s" is `save_version` (encode, sha256, two fsync'd atomic writes).
 
     python benchmarks/model_size.py
     python benchmarks/model_size.py --days 7 --models random_forest ridge
@@ -38,7 +38,8 @@ from threadpoolctl import threadpool_limits
 from solar_ml_pipeline.config import MODEL_TYPES
 from solar_ml_pipeline.forecasting.features import build_feature_frame
 from solar_ml_pipeline.forecasting.training import train_and_evaluate
-from solar_ml_pipeline.model_store import registry as registry_module
+from solar_ml_pipeline.model_store import serialization
+from solar_ml_pipeline.model_store import versions as versions_module
 from solar_ml_pipeline.model_store.registry import ModelRegistry
 from solar_ml_pipeline.model_store.serving import ModelServer
 from solar_ml_pipeline.readings.simulator import simulate_readings
@@ -65,7 +66,7 @@ def _joblib_loads(data: bytes) -> object:
 
 
 def _pickled(compress: Callable[[bytes], bytes]) -> Callable[[object], bytes]:
-    return lambda model: compress(pickle.dumps(model, protocol=registry_module.PICKLE_PROTOCOL))
+    return lambda model: compress(pickle.dumps(model, protocol=serialization.PICKLE_PROTOCOL))
 
 
 def _unpickled(decompress: Callable[[bytes], bytes]) -> Callable[[bytes], object]:
@@ -81,7 +82,7 @@ class Format:
 
 
 FORMATS = (
-    Format(CURRENT, registry_module.serialize_model, registry_module.deserialize_model),
+    Format(CURRENT, serialization.serialize_model, serialization.deserialize_model),
     Format("joblib", _joblib_dumps(0), _joblib_loads),
     Format("joblib zlib 1", _joblib_dumps(("zlib", 1)), _joblib_loads),
     Format("joblib zlib 3", _joblib_dumps(("zlib", 3)), _joblib_loads),
@@ -129,8 +130,8 @@ def evict_from_page_cache(path: Path) -> None:
 def store_and_load(registry: ModelRegistry, device_id: str, model: Any, fmt: Format,
                    load_repeats: int) -> Stored:
     """Save one version in `fmt`, point at it, load it through the serving loader."""
-    registry_module.serialize_model = fmt.dumps
-    registry_module.deserialize_model = fmt.loads
+    versions_module.serialize_model = fmt.dumps
+    versions_module.deserialize_model = fmt.loads
     try:
         version = registry.new_version_id(datetime.now(UTC))
         with bs.Stopwatch() as save:
@@ -148,8 +149,8 @@ def store_and_load(registry: ModelRegistry, device_id: str, model: Any, fmt: For
         if served.model.features != model.features:
             raise RuntimeError(f"{fmt.name} did not round-trip the model")
     finally:
-        registry_module.serialize_model = FORMATS[0].dumps
-        registry_module.deserialize_model = FORMATS[0].loads
+        versions_module.serialize_model = FORMATS[0].dumps
+        versions_module.deserialize_model = FORMATS[0].loads
     return Stored(int(stored.meta["size_bytes"]), save.seconds, statistics.median(loads),
                   statistics.median(cold))
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             for days in args.days:
                 model = fit_model(model_type, days)
                 device_id = f"{model_type.replace('_', '-')}-{days}d"
-                pickled = len(registry_module.serialize_model(model))
+                pickled = len(serialization.serialize_model(model))
                 results[(model_type, days)] = {
                     fmt.name: store_and_load(registry, device_id, model, fmt, args.load_repeats)
                     for fmt in FORMATS

@@ -105,7 +105,7 @@ class ForecastModel:
     zone its calendar features were computed in (build prediction frames the same way).
 
     Pickled as a version file by class path: after a move, map the old path in
-    `model_store.registry.MOVED_MODULES` so stored versions keep loading.
+    `model_store.serialization.MOVED_MODULES` so stored versions keep loading.
     """
 
     estimator: Any

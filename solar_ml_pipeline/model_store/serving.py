@@ -15,13 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solar_ml_pipeline.config import validate_device_id
-from solar_ml_pipeline.model_store.registry import (
-    SERVING_FALLBACK,
-    SERVING_MODEL,
-    ModelRegistry,
-    NoCurrentModel,
-    is_fallback,
-)
+from solar_ml_pipeline.model_store.errors import NoCurrentModel
+from solar_ml_pipeline.model_store.pointer import SERVING_FALLBACK, SERVING_MODEL, is_fallback
+from solar_ml_pipeline.model_store.registry import ModelRegistry
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from solar_ml_pipeline.model_store import registry as registry_module
+from solar_ml_pipeline.model_store import files as files_module
+from solar_ml_pipeline.model_store import versions as versions_module
 from solar_ml_pipeline.model_store.registry import ModelRegistry
 from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
@@ -86,14 +87,16 @@ def test_a_full_model_folder_fails_the_retrain_without_moving_the_pointer(
     run_cli, settings, store, trained_device, monkeypatch
 ):
     before = _pointer_bytes(settings, trained_device)
-    real_write = registry_module.atomic_write_bytes
+    real_write = files_module.atomic_write_bytes
 
     def disk_full(path, data, **options):
         if settings.model_dir in path.parents:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_write(path, data, **options)
 
-    monkeypatch.setattr(registry_module, "atomic_write_bytes", disk_full)
+    # Every atomic write under MODEL_DIR: version files (versions) and pointer/JSON (files).
+    for module in (versions_module, files_module):
+        monkeypatch.setattr(module, "atomic_write_bytes", disk_full)
     code, _, err = run_cli("retrain", "--device", trained_device, "--period", PERIOD,
                            "--days", DAYS)
     assert code == 1
