@@ -35,6 +35,10 @@ from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.resources import StoreResource
 from solar_ml_pipeline.orchestration.sensors import DEVICE_SENSOR
 from solar_ml_pipeline_tests.conftest import PERIOD
+from solar_ml_pipeline_tests.interfaces.test_operations import (
+    save_constant_version,
+    write_recent_readings,
+)
 from solar_ml_pipeline_tests.reliability.conftest import DAYS
 from solar_ml_pipeline_tests.reliability.support import (
     CLI,
@@ -42,7 +46,6 @@ from solar_ml_pipeline_tests.reliability.support import (
     solar_ml,
     unused_port,
 )
-from solar_ml_pipeline_tests.test_operations import save_constant_version, write_recent_readings
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "solar_ml_pipeline"

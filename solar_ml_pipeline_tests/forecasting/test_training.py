@@ -22,7 +22,7 @@ from solar_ml_pipeline.forecasting.training import (
     threads_per_run,
     train_and_evaluate,
 )
-from solar_ml_pipeline_tests.test_features import synthetic_readings
+from solar_ml_pipeline_tests.forecasting.test_features import synthetic_readings
 
 FAST = {
     "random_forest": {"n_estimators": 10},
@@ -204,7 +204,7 @@ def test_model_records_its_settings_and_training_time():
 # -- baselines and daylight metrics (issue 8) ------------------------------------------------
 
 from solar_ml_pipeline.forecasting.training import baseline_metrics  # noqa: E402
-from solar_ml_pipeline_tests.test_features import SITE, clear_day_readings  # noqa: E402
+from solar_ml_pipeline_tests.forecasting.test_features import SITE, clear_day_readings  # noqa: E402
 
 EXTENDED_METRICS = {
     "rmse_skill", "smart_persistence_mae", "smart_persistence_rmse", "skill_smart",

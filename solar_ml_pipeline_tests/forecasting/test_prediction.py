@@ -12,7 +12,7 @@ from solar_ml_pipeline.forecasting import solar
 from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
 from solar_ml_pipeline.model_store.serving import ModelServer
 from solar_ml_pipeline.readings.sites import DEFAULT_SITE, Site
-from solar_ml_pipeline_tests.test_operations import (
+from solar_ml_pipeline_tests.interfaces.test_operations import (
     FALLBACK_REASON,
     NOW,
     put_on_fallback,

@@ -15,7 +15,7 @@ def test_definitions_are_loadable_as_dagster_validates_them(settings):
 def test_workspace_yaml_names_the_package_attribute_that_holds_the_definitions():
     import pathlib
 
-    workspace = yaml.safe_load((pathlib.Path(__file__).parents[1] / "workspace.yaml").read_text())
+    workspace = yaml.safe_load((pathlib.Path(__file__).parents[2] / "workspace.yaml").read_text())
     entry = workspace["load_from"][0]["python_package"]
     package = importlib.import_module(entry["package_name"])
     assert isinstance(getattr(package, entry["attribute"]), dg.Definitions)

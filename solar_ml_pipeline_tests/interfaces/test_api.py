@@ -23,7 +23,7 @@ from solar_ml_pipeline.interfaces.api import create_app
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline.storage.run_records import utc_now
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
-from solar_ml_pipeline_tests.test_operations import (
+from solar_ml_pipeline_tests.interfaces.test_operations import (
     FALLBACK_REASON,
     put_on_fallback,
     run_record,

@@ -30,8 +30,8 @@ from solar_ml_pipeline_tests.conftest import (
     PERIOD_START,
     simulate_into,
 )
-from solar_ml_pipeline_tests.test_api import free_port
-from solar_ml_pipeline_tests.test_operations import (
+from solar_ml_pipeline_tests.interfaces.test_api import free_port
+from solar_ml_pipeline_tests.interfaces.test_operations import (
     FALLBACK_REASON,
     put_on_fallback,
     run_record,
