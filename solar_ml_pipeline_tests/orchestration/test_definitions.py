@@ -50,3 +50,16 @@ def test_job_schedule_and_sensors_have_descriptions(settings):
     for sensor in repo.sensor_defs:
         assert sensor.description, sensor.name
     assert defs.resolve_job_def("retrain_job").description
+
+
+def test_the_code_location_passes_dagster_definitions_validate(env_for_subprocess, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run([str(dagster), "definitions", "validate", "-m",
+                           "solar_ml_pipeline.definitions"], env=env_for_subprocess,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "All code locations passed validation" in done.stderr + done.stdout
