@@ -7,6 +7,7 @@ so it is never shown in the UI.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import dagster as dg
@@ -88,25 +89,9 @@ class RetrainPolicy(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetrainPolicy:
-        return cls(
-            retrain_days=settings.retrain_days,
-            horizon_minutes=settings.horizon_minutes,
-            model_type=settings.model_type,
-            feature_set=settings.feature_set,
-            min_training_rows=settings.min_training_rows,
-            mae_threshold_percent=settings.mae_threshold_percent,
-            require_beat_persistence=settings.require_beat_persistence,
-            timezone=settings.timezone,
-            site_latitude=settings.site_latitude,
-            site_longitude=settings.site_longitude,
-        )
+        return cls(**asdict(Policy.from_settings(settings)),
+                   site_latitude=settings.site_latitude, site_longitude=settings.site_longitude)
 
     def plain(self) -> Policy:
-        """The same values as the domain's Policy, which the attempt steps take."""
-        return Policy(
-            retrain_days=self.retrain_days, horizon_minutes=self.horizon_minutes,
-            model_type=self.model_type, feature_set=self.feature_set,
-            min_training_rows=self.min_training_rows,
-            mae_threshold_percent=self.mae_threshold_percent,
-            require_beat_persistence=self.require_beat_persistence, timezone=self.timezone,
-        )
+        """The domain's Policy, which the attempt steps take (the same values)."""
+        return Policy(**{f.name: getattr(self, f.name) for f in fields(Policy)})
