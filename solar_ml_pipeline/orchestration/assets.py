@@ -61,14 +61,15 @@ def _run_start(context: dg.AssetExecutionContext) -> float | None:
 
 
 def _attempt(context: dg.AssetExecutionContext, policy: RetrainPolicy,
-             days: int | None = None) -> steps.Attempt:
-    """The attempt this step belongs to: its partition, cutoff (period start) and window."""
+             days: int | None = None, *, timed: bool = False) -> steps.Attempt:
+    """The attempt this step belongs to: its partition, cutoff (period start) and window;
+    `timed` reads the run's start from the instance, for the record's duration."""
     device_id, period_key = partition_parts(context)
     return steps.Attempt(
         run_id=context.run_id, device_id=device_id, period_key=period_key,
         cutoff=context.partition_time_window.start.astimezone(UTC),
         days=days or days_from_run_config(context.run.run_config) or policy.retrain_days,
-        started_at=_run_start(context) or time.time(),
+        started_at=(_run_start(context) if timed else None) or time.time(),
     )
 
 
@@ -225,7 +226,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                            models: ModelStoreResource,
                            policy: RetrainPolicy) -> dg.MaterializeResult:
         with _recorded_attempt(context, settings, store):
-            attempt = _attempt(context, policy, int(model_version.meta["days_used"]))
+            attempt = _attempt(context, policy, int(model_version.meta["days_used"]), timed=True)
             outcome = steps.decide_and_record(store.open(), models.registry(), attempt,
                                               model_version, feature_frame, policy.plain())
             context.log.info(f"{attempt.device_id} {attempt.period_key}: "
