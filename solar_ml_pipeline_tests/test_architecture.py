@@ -65,5 +65,5 @@ def test_asset_bodies_are_at_most_40_lines():
     for path in (PACKAGE / "orchestration").glob("*.py"):
         for node in _asset_bodies(ast.parse(path.read_text())):
             bodies[node.name] = node.end_lineno - node.body[0].lineno + 1
-    assert {"raw_readings", "feature_frame", "model_version", "promotion_decision"} <= set(bodies)
+    assert "retrain" in set(bodies)  # the one step behind the four retraining assets
     assert {name: n for name, n in bodies.items() if n > 40} == {}

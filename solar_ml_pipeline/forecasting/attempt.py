@@ -79,6 +79,11 @@ class Attempt:
     cutoff: datetime
     days: int
     started_at: float = field(default_factory=time.time)  # epoch seconds, for duration_s
+    dagster_run_id: str | None = None  # the run that made the attempt, when one run made many
+
+    @property
+    def launched_by(self) -> str:
+        return self.dagster_run_id or self.run_id
 
     @property
     def partition_key(self) -> str:
@@ -214,7 +219,7 @@ def _success_record(attempt: Attempt, stored: StoredVersion, decision: ServingDe
         period=attempt.period_key, window_start=_parse(meta["window_start"]),
         window_end=_parse(meta["window_end"]), days_used=meta["days_used"],
         horizon_minutes=meta["horizon_minutes"], model_type=meta["model_type"],
-        trained_at=_parse(meta["trained_at"]),
+        trained_at=_parse(meta["trained_at"]), dagster_run_id=attempt.launched_by,
     )
     record.update(
         rows_used=meta["rows_used"],
@@ -286,9 +291,78 @@ def record_failure(store: Store, attempt: Attempt, policy: Policy, message: str)
         run_id=attempt.run_id, device_id=attempt.device_id, partition_key=attempt.partition_key,
         period=attempt.period_key, window_start=attempt.window_start, window_end=attempt.cutoff,
         days_used=attempt.days, horizon_minutes=policy.horizon_minutes,
-        model_type=policy.model_type,
+        model_type=policy.model_type, dagster_run_id=attempt.launched_by,
     )
     return write_failure(store, record, message or "the attempt failed", attempt.duration_s())
+
+
+@dataclass
+class AttemptResult:
+    """What one attempt got through: each step's result, or the step that failed and why."""
+
+    attempt: Attempt
+    window: WindowReadings | None = None
+    frame: features.FeatureFrame | None = None
+    candidate: ModelCandidate | None = None
+    stored: StoredVersion | None = None
+    outcome: Outcome | None = None
+    failed_step: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+READ, FEATURES, TRAIN, DECIDE = "read", "features", "train", "decide"
+
+
+def latest_stored_version(registry: ModelRegistry, attempt: Attempt) -> StoredVersion:
+    """The newest version trained for this partition, verified: what a decision alone judges."""
+    metas = registry.versions_for_partition(attempt.device_id, attempt.partition_key)
+    if not metas:
+        raise AttemptFailed(f"no stored model version for partition {attempt.partition_key}: "
+                            "materialize model_version for this partition first")
+    version = metas[-1]["version"]
+    meta = registry.verify_version(attempt.device_id, version)
+    return StoredVersion(attempt.device_id, version,
+                         registry.model_path(attempt.device_id, version),
+                         registry.metadata_path(attempt.device_id, version), meta["sha256"], meta)
+
+
+def run_attempt(settings: Settings, store: Store, registry: ModelRegistry, attempt: Attempt,
+                policy: Policy, *, featurise: bool = True, train: bool = True,
+                decide: bool = True, threads: int | None = None) -> AttemptResult:
+    """The attempt's steps in this process, stopping at the first failure, which is recorded
+    (one `failed` record) and returned, never raised.
+
+    Training and deciding read and featurise first: the frames are rebuilt from the readings
+    store rather than kept. `train` makes a new version; `decide` judges it, or without
+    `train` the newest version stored for the partition.
+    """
+    result = AttemptResult(attempt)
+    step = READ
+    try:
+        result.window = read_window(store, attempt, policy)
+        if not result.window.enough:
+            raise AttemptFailed(result.window.message)
+        if not (featurise or train or decide):
+            return result
+        step = FEATURES
+        result.frame = build_features(result.window.frame, store, settings, attempt, policy)
+        if train:
+            step = TRAIN
+            result.candidate = train_candidate(result.frame, attempt, policy, threads=threads)
+            result.stored = store_candidate(registry, result.candidate, attempt.launched_by)
+        if decide:
+            step = DECIDE
+            stored = result.stored or latest_stored_version(registry, attempt)
+            result.outcome = decide_and_record(store, registry, attempt, stored, result.frame,
+                                               policy)
+    except Exception as exc:  # noqa: BLE001 - one device's failure is its record, not a crash
+        result.failed_step, result.error = step, str(exc) or type(exc).__name__
+        record_failure(store, attempt, policy, result.error)
+    return result
 
 
 def retrain_device(settings: Settings, store: Store, registry: ModelRegistry, device_id: str,
@@ -300,16 +374,7 @@ def retrain_device(settings: Settings, store: Store, registry: ModelRegistry, de
     attempt = Attempt(run_id=run_id, device_id=validate_device_id(device_id),
                       period_key=period_key, cutoff=cutoff.astimezone(UTC),
                       days=days or policy.retrain_days)
-    try:
-        window = read_window(store, attempt, policy)
-        if not window.enough:
-            raise AttemptFailed(window.message)
-        frame = build_features(window.frame, store, settings, attempt, policy)
-        candidate = train_candidate(frame, attempt, policy, threads=threads)
-        stored = store_candidate(registry, candidate, run_id)
-        decide_and_record(store, registry, attempt, stored, frame, policy)
-    except Exception as exc:  # noqa: BLE001 - one device's failure is its record, not a crash
-        record_failure(store, attempt, policy, str(exc) or type(exc).__name__)
+    run_attempt(settings, store, registry, attempt, policy, threads=threads)
     record = store.get_run(run_id)
     if record is None:
         raise AttemptFailed(f"the run log holds no record of attempt {run_id}: check the store")

@@ -131,6 +131,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 # --- retrain ------------------------------------------------------------------------------
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    if args.retry_failed:
+        return _retry_failed(args, settings)
+    if args.device is None:
+        raise UsageError("retrain needs --device D (or --retry-failed RUN_ID)")
     validate_device_id(args.device)  # before importing Dagster: a typo fails in a blink
     from solar_ml_pipeline.interfaces import operations
     from solar_ml_pipeline.orchestration.retraining import resolve_request
@@ -166,6 +170,30 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
             print(f"solar-ml: error: {record.get('error')}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from solar_ml_pipeline.interfaces import operations
+    from solar_ml_pipeline.storage import open_store
+
+    if args.device or args.period or args.days or args.dry_run or args.background:
+        raise UsageError("--retry-failed takes only a run id: the run says which devices, "
+                         "period and days to retry")
+    run_id = operations.validate_run_id(args.retry_failed)
+    store = open_store(settings)
+    try:
+        retried = operations.retry_failed(settings, store, run_id, verbose=args.verbose)
+    finally:
+        store.close()
+    attempts = retried["attempts"]
+    emit(args, retried, lambda: "\n".join([
+        f"retried {len(attempts)} device(s) of failed run {run_id} as run {retried['run_id']}",
+        *(_format_attempt(record).splitlines()[0] for record in attempts)]))
+    failed = [r for r in attempts if r.get("status") != "success"]
+    if failed and not args.json:
+        print(f"solar-ml: error: {len(failed)} of {len(attempts)} retried device(s) failed "
+              f"again, e.g. {failed[0]['device_id']}: {failed[0].get('error')}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _format_dry_run(plan: dict[str, Any]) -> str:
@@ -334,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("retrain", help="retrain one device for a period (default: current)")
-    p.add_argument("--device", required=True)
+    p.add_argument("--device", help="the device to retrain (required unless --retry-failed)")
     p.add_argument("--period", help="period key, e.g. 2026-02-24 (a past one is a backfill)")
+    p.add_argument("--retry-failed", metavar="RUN_ID",
+                   help="re-execute a failed Dagster run from failure: only its devices that "
+                        "failed retrain (the UI's Re-execute from failure)")
     p.add_argument("--days", type=positive_int, help="days of readings (default RETRAIN_DAYS)")
     p.add_argument("--verbose", action="store_true", help="Dagster step logs on stderr")
     mode = p.add_mutually_exclusive_group()

@@ -359,6 +359,27 @@ def retrain_now(settings: Settings, store: Store, request: Any, *, verbose: bool
     return _run_out(record)
 
 
+def retry_failed(settings: Settings, store: Store, run_id: str, *,
+                 verbose: bool = False) -> dict[str, Any]:
+    """Retry the failed devices of a failed run in this process; their run records."""
+    from solar_ml_pipeline.orchestration.retraining import (
+        DagsterRunNotFound,
+        NothingToRetry,
+        retry_failed_in_foreground,
+    )
+
+    store.ping()
+    try:
+        new_run_id, attempt_ids = retry_failed_in_foreground(settings, run_id, verbose=verbose)
+    except NothingToRetry as exc:
+        raise InvalidRequest(str(exc)) from None
+    except DagsterRunNotFound as exc:
+        raise UnknownRun(str(exc)) from None
+    records = [store.get_run(attempt) for attempt in attempt_ids]
+    return {"run_id": new_run_id, "retried_from": run_id,
+            "attempts": [_run_out(r) for r in records if r is not None]}
+
+
 def queue_retrain(settings: Settings, store: Store, request: Any, *,
                   trigger: str = "cli") -> dict[str, Any]:
     """Queue the retrain run on the Dagster instance; the daemon's run queue launches it.

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +26,8 @@ from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.orchestration.failures import (
     DEVICE_TAG,
     PERIOD_TAG,
-    days_from_run_config,
     failure_message,
-    record_failed_attempt,
+    record_failed_run,
 )
 from solar_ml_pipeline.orchestration.resources import StoreResource
 from solar_ml_pipeline.storage.run_records import one_line
@@ -53,6 +52,7 @@ class FailedRun:
     device_id: str | None
     period: str | None
     error: str
+    devices: tuple[str, ...] = ()  # every device of the run whose attempt failed
 
 
 def device_and_period(tags: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -78,6 +78,7 @@ def alert_payload(failed: FailedRun, base_url: str | None) -> dict[str, Any]:
         "run_id": failed.run_id,
         "error": failed.error,
         "run_url": run_url(failed.run_id, base_url),
+        "failed_devices": list(failed.devices),
     }
 
 
@@ -180,19 +181,14 @@ def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
         subject = f"{device_id} {period}" if device_id else run.job_name
         context.log.error(f"run {run.run_id} ({subject}) failed: {failed.error}")
 
-        if device_id and period:
-            try:
-                wrote = record_failed_attempt(
-                    store.open(), settings, run_id=run.run_id, device_id=device_id,
-                    period_key=period, days=days_from_run_config(run.run_config),
-                    message=failed.error,
-                    duration_s=_run_duration_s(context.instance, run.run_id),
-                )
-                if wrote:
-                    context.log.info(f"recorded the failed attempt of run {run.run_id} in the run log")
-            except Exception as exc:
-                context.log.error(f"could not record the failed attempt of run {run.run_id}: "
-                                  f"{one_line(str(exc))}")
+        try:
+            failed_devices = record_failed_run(
+                store.open(), settings, context.instance, run, failed.error,
+                _run_duration_s(context.instance, run.run_id))
+            failed = replace(failed, devices=tuple(failed_devices))
+        except Exception as exc:
+            context.log.error(f"could not record the failed attempts of run {run.run_id}: "
+                              f"{one_line(str(exc))}")
 
         if settings.alert_webhook_url:
             payload = alert_payload(failed, settings.dagster_webserver_url)

@@ -1,40 +1,45 @@
 """The retraining assets: raw_readings -> feature_frame -> model_version -> promotion_decision.
 
-Each body calls one step of `forecasting.attempt` and turns its result into Dagster events
-(outputs, metadata, checks). Each asset records a `failed` run-log entry itself when it
-fails, so an attempt launched from anywhere (schedule, UI, CLI) leaves its record even
-without a job-level hook.
+One multi-asset step runs the four steps of `forecasting.attempt` for every device of its run
+(one partition, or a batch of devices from a schedule tick, the discovery sensor or a UI
+backfill) and reports each device's own events: a materialisation per asset and device, and
+per-partition checks. A device that fails stops only its own attempt: the others go on, its
+later assets stay unmaterialised, Dagster marks them failed for that partition, and the step
+fails at the end naming the failed devices, so "Re-execute from failure" retries only those.
+Nothing passes between steps through an IO manager: the frames are rebuilt from the readings
+store, and the model version lives in the model store.
 """
 
 import math
-import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.forecasting import attempt as steps
 from solar_ml_pipeline.forecasting.training import threads_per_run
 from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK
-from solar_ml_pipeline.orchestration.failures import days_from_run_config, record_failed_attempt
-from solar_ml_pipeline.orchestration.io_managers import partition_parts
-from solar_ml_pipeline.orchestration.partitions import retrain_partitions
+from solar_ml_pipeline.orchestration.batches import done_in_earlier_runs, split_key
+from solar_ml_pipeline.orchestration.failures import ASSET_NAMES, RETRAIN_OP, days_from_run_config
+from solar_ml_pipeline.orchestration.partitions import period_bounds, retrain_partitions
 from solar_ml_pipeline.orchestration.resources import (
     ModelStoreResource,
     RetrainPolicy,
     StoreResource,
 )
+from solar_ml_pipeline.storage.run_records import attempt_id
 
 GROUP = "retraining"
 OWNERS = ["team:solar-ml"]
+RAW, FEATURES, MODEL, DECISION = ASSET_NAMES
 ENOUGH_ROWS_CHECK = "enough_rows"
 FRESH_READINGS_CHECK = "fresh_readings"
 POSITIVE_SKILL_CHECK = "positive_skill"
+SHOWN_FAILURES = 5
 
 
 def _partition_check(name: str, asset: str, description: str,
@@ -56,201 +61,174 @@ class TrainingFailed(dg.Failure):
     """A failure whose description is the one-line error recorded in the run log."""
 
 
-def _run_start(context: dg.AssetExecutionContext) -> float | None:
-    return context.instance.get_run_stats(context.run_id).start_time
+@dataclass(frozen=True)
+class Batch:
+    """The devices one run retrains, and which of the four assets (and checks) it makes."""
 
+    attempts: list[steps.Attempt]
+    selected: set[str]
+    checks: set[str]
+    skipped: int  # done by an earlier run of this retry chain
 
-def _attempt(context: dg.AssetExecutionContext, policy: RetrainPolicy,
-             days: int | None = None, *, timed: bool = False) -> steps.Attempt:
-    """The attempt this step belongs to: its partition, cutoff (period start) and window;
-    `timed` reads the run's start from the instance, for the record's duration."""
-    device_id, period_key = partition_parts(context)
-    return steps.Attempt(
-        run_id=context.run_id, device_id=device_id, period_key=period_key,
-        cutoff=context.partition_time_window.start.astimezone(UTC),
-        days=days or days_from_run_config(context.run.run_config) or policy.retrain_days,
-        started_at=(_run_start(context) if timed else None) or time.time(),
-    )
+    @classmethod
+    def of(cls, context: dg.AssetExecutionContext, settings: Settings, policy: RetrainPolicy,
+           days: int | None) -> "Batch":
+        keys = [str(key) for key in context.partition_keys]
+        selected_keys = set(context.selected_asset_keys)
+        done = done_in_earlier_runs(context.instance, context.run, selected_keys)
+        days = days or days_from_run_config(context.run.run_config) or policy.retrain_days
+        attempts = []
+        for key in keys:
+            if key in done:
+                continue
+            device_id, period_key = split_key(key)
+            attempts.append(steps.Attempt(
+                run_id=attempt_id(context.run_id, device_id, period_key, batch=len(keys) > 1),
+                device_id=device_id, period_key=period_key,
+                cutoff=period_bounds(settings, period_key)[0], days=days,
+                dagster_run_id=context.run_id))
+        return cls(attempts, {k.to_user_string() for k in selected_keys},
+                   {k.name for k in context.selected_asset_check_keys}, len(keys) - len(attempts))
 
-
-def _run_duration_s(context: dg.AssetExecutionContext) -> float | None:
-    start = _run_start(context)
-    return round(time.time() - start, 3) if start else None
-
-
-@contextmanager
-def _recorded_attempt(context: dg.AssetExecutionContext, settings: Settings,
-                      store: StoreResource) -> Iterator[None]:
-    """On any failure, leave one `failed` record for this run (unless one exists) and re-raise."""
-    try:
-        yield
-    except Exception as exc:
-        message = exc.description if isinstance(exc, dg.Failure) and exc.description else str(exc)
-        device_id, period_key = partition_parts(context)
-        try:
-            record_failed_attempt(
-                store.open(), settings, run_id=context.run_id, device_id=device_id,
-                period_key=period_key, days=days_from_run_config(context.run.run_config),
-                message=message or type(exc).__name__, duration_s=_run_duration_s(context),
-            )
-        except Exception as log_exc:  # noqa: BLE001 - the run log may be the thing that is down
-            context.log.error(f"could not record the failed attempt in the run log: {log_exc}")
-        raise
+    def failure(self, failed: list[steps.AttemptResult]) -> str:
+        if len(self.attempts) == 1:
+            return failed[0].error or "the attempt failed"
+        shown = "; ".join(f"{r.attempt.device_id}: {r.error}" for r in failed[:SHOWN_FAILURES])
+        more = f"; and {len(failed) - SHOWN_FAILURES} more" if len(failed) > SHOWN_FAILURES else ""
+        return (f"{len(failed)} of {len(self.attempts)} devices failed ({shown}{more}); the others "
+                "are retrained: Re-execute from failure (or solar-ml retrain --retry-failed "
+                "RUN_ID) retries only the failed ones")
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     partitions_def = retrain_partitions(settings)
     backend_kind = "mongodb" if settings.mongodb_uri else "sqlite"
-    common: dict[str, Any] = {
-        "partitions_def": partitions_def,
-        "group_name": GROUP,
-        "owners": OWNERS,
-        "tags": {"domain": "solar-forecasting"},
-    }
-
-    @dg.asset(
-        **common,
-        io_manager_key="frame_io_manager",
-        kinds={"pandas", backend_kind},
-        description=(
+    common: dict[str, Any] = {"partitions_def": partitions_def, "group_name": GROUP,
+                              "owners": OWNERS, "tags": {"domain": "solar-forecasting"},
+                              "skippable": True}
+    specs = [
+        dg.AssetSpec(RAW, **common, kinds={"pandas", backend_kind}, description=(
             "The device's readings in the training window [period start - RETRAIN_DAYS, "
-            "period start), typed, deduplicated on timestamp and sorted."
-        ),
-        check_specs=[
-            _partition_check(
-                ENOUGH_ROWS_CHECK, "raw_readings",
-                "The window holds at least MIN_TRAINING_ROWS clean readings (blocking).",
-                partitions_def, blocking=True,
-            ),
-            _partition_check(
-                FRESH_READINGS_CHECK, "raw_readings",
-                "The latest reading is at most one period older than the cutoff: a silent "
-                "tracker still trains, on stale data (warning).",
-                partitions_def,
-            ),
-        ],
-    )
-    def raw_readings(context: dg.AssetExecutionContext, config: RetrainConfig,
-                     store: StoreResource, policy: RetrainPolicy) -> Iterator[Any]:
-        with _recorded_attempt(context, settings, store):
-            attempt = _attempt(context, policy, config.days)
-            window = steps.read_window(store.open(), attempt, policy.plain())
-            rows = len(window.frame)
-            yield dg.Output(window.frame, metadata={
-                "window_start": attempt.window_start.isoformat(),
-                "window_end": attempt.cutoff.isoformat(),
-                "days_used": attempt.days, "rows": rows, **window.report.as_metadata(),
-            })
-            yield dg.AssetCheckResult(
-                check_name=ENOUGH_ROWS_CHECK, passed=window.enough,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=None if window.enough else window.message,
-                metadata={"rows": rows, "min_training_rows": policy.min_training_rows},
-            )
-            yield _freshness_result(window.report.last_timestamp, attempt.cutoff,
-                                    context.partition_time_window)
-            if not window.enough:
-                raise TrainingFailed(description=window.message)
-
-    @dg.asset(
-        **common,
-        io_manager_key="frame_io_manager",
-        kinds={"pandas"},
-        description=(
+            "period start), typed, deduplicated on timestamp and sorted.")),
+        dg.AssetSpec(FEATURES, **common, deps=[RAW], kinds={"pandas"}, description=(
             "Features of each reading and the target: power HORIZON_MINUTES later, matched by "
-            "time. Sensors the device never sent in the window are left out."
-        ),
-    )
-    def feature_frame(context: dg.AssetExecutionContext, raw_readings: pd.DataFrame,
-                      store: StoreResource, policy: RetrainPolicy) -> dg.Output:
-        with _recorded_attempt(context, settings, store):
-            built = steps.build_features(raw_readings, store.open(), settings,
-                                         _attempt(context, policy), policy.plain())
-            return dg.Output(
-                built,
-                metadata={
-                    "rows": len(built.frame),
-                    "features": dg.MetadataValue.json(list(built.features)),
-                    "feature_count": len(built.features),
-                    "feature_set": policy.feature_set,
-                    "horizon_minutes": policy.horizon_minutes,
-                },
-            )
-
-    @dg.asset(
-        **common,
-        io_manager_key="model_io_manager",
-        kinds={"scikitlearn"},
-        check_specs=[
-            _partition_check(
-                POSITIVE_SKILL_CHECK, "model_version",
-                "The model beats persistence (skill > 0) on its test window; a model that does "
-                "not is stored and judged, but is not worth serving (warning).",
-                partitions_def,
-            ),
-        ],
-        description=(
+            "time. Sensors the device never sent in the window are left out.")),
+        dg.AssetSpec(MODEL, **common, deps=[FEATURES], kinds={"scikitlearn"}, description=(
             "A model fitted on the earlier 80 % of the feature frame and scored on the later "
-            "20 % against persistence; stored as a new immutable version."
-        ),
-    )
-    def model_version(context: dg.AssetExecutionContext, feature_frame: Any,
-                      store: StoreResource, models: ModelStoreResource,
-                      policy: RetrainPolicy) -> Iterator[Any]:
-        with _recorded_attempt(context, settings, store):
-            candidate = steps.train_candidate(
-                feature_frame, _attempt(context, policy), policy.plain(),
-                threads=threads_per_run(settings.max_concurrent_runs))
-            metrics = candidate.meta["metrics"]
-            yield dg.Output(candidate, metadata={
-                **_number_metadata(metrics),
-                "model_type": policy.model_type, "feature_set": policy.feature_set,
-                "period": candidate.meta["period"],
-                "feature_importance": _importance_table(candidate.model),
-            })
-            yield _skill_result(metrics)
-
-    @dg.asset(
-        **common,
-        kinds={"python"},
-        description=(
+            "20 % against persistence; stored as a new immutable version.")),
+        dg.AssetSpec(DECISION, **common, deps=[MODEL, FEATURES], kinds={"python"}, description=(
             "Whether the new version replaces the one in service: both scored on the new "
             "version's test window; promoted only per the MAE threshold policy, never for a "
             "backfill older than the model in service. With REQUIRE_BEAT_PERSISTENCE, when "
             "neither beats persistence in daylight the device is served by smart persistence "
-            "(metadata serving_fallback = 1)."
-        ),
+            "(metadata serving_fallback = 1).")),
+    ]
+    checks = [
+        _partition_check(ENOUGH_ROWS_CHECK, RAW, "The window holds at least MIN_TRAINING_ROWS "
+                         "clean readings (blocking).", partitions_def, blocking=True),
+        _partition_check(FRESH_READINGS_CHECK, RAW, "The latest reading is at most one period "
+                         "older than the cutoff: a silent tracker still trains, on stale data "
+                         "(warning).", partitions_def),
+        _partition_check(POSITIVE_SKILL_CHECK, MODEL, "The model beats persistence (skill > 0) "
+                         "on its test window; a model that does not is stored and judged, but "
+                         "is not worth serving (warning).", partitions_def),
+    ]
+
+    @dg.multi_asset(
+        name=RETRAIN_OP, specs=specs, check_specs=checks, can_subset=True,
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.fleet_batch_size),
+        description="Retrain each device of the run: one attempt per device x period partition.",
     )
-    def promotion_decision(context: dg.AssetExecutionContext, model_version: Any,
-                           feature_frame: Any, store: StoreResource,
-                           models: ModelStoreResource,
-                           policy: RetrainPolicy) -> dg.MaterializeResult:
-        with _recorded_attempt(context, settings, store):
-            attempt = _attempt(context, policy, int(model_version.meta["days_used"]), timed=True)
-            outcome = steps.decide_and_record(store.open(), models.registry(), attempt,
-                                              model_version, feature_frame, policy.plain())
-            context.log.info(f"{attempt.device_id} {attempt.period_key}: "
-                             f"{outcome.decision.reason}")
-            return dg.MaterializeResult(metadata=_decision_metadata(outcome, model_version.version))
+    def retrain(context: dg.AssetExecutionContext, config: RetrainConfig, store: StoreResource,
+                models: ModelStoreResource, policy: RetrainPolicy) -> Iterator[Any]:
+        batch = Batch.of(context, settings, policy, config.days)
+        if batch.skipped:
+            context.log.info(f"{batch.skipped} device(s) already retrained by the failed run")
+        failed = []
+        for attempt in batch.attempts:
+            result = steps.run_attempt(
+                settings, store.open(), models.registry(), attempt, policy.plain(),
+                featurise=bool(batch.selected - {RAW}), train=MODEL in batch.selected,
+                decide=DECISION in batch.selected,
+                threads=threads_per_run(settings.max_concurrent_runs))
+            yield from _device_events(result, batch, settings, policy)
+            if not result.ok:
+                failed.append(result)
+                context.log.error(f"{attempt.partition_key}: {result.error}")
+        if failed:
+            raise TrainingFailed(description=batch.failure(failed))
 
-    return [raw_readings, feature_frame, model_version, promotion_decision]
+    return [retrain]
 
 
-def _freshness_result(last_reading: datetime | None, cutoff: datetime,
-                      period: Any) -> dg.AssetCheckResult:
-    allowed = period.end - period.start
+def _device_events(result: steps.AttemptResult, batch: Batch, settings: Settings,
+                   policy: RetrainPolicy) -> Iterator[Any]:
+    """The Dagster events of one device's attempt: what it got through, nothing more."""
+    attempt, key = result.attempt, result.attempt.partition_key
+    if RAW in batch.selected and result.window is not None:
+        window = result.window
+        yield dg.AssetMaterialization(RAW, partition=key, metadata={
+            "window_start": attempt.window_start.isoformat(),
+            "window_end": attempt.cutoff.isoformat(), "days_used": attempt.days,
+            "rows": len(window.frame), **window.report.as_metadata()})
+        if ENOUGH_ROWS_CHECK in batch.checks:
+            yield _check(RAW, ENOUGH_ROWS_CHECK, key, window.enough, dg.AssetCheckSeverity.ERROR,
+                         None if window.enough else window.message,
+                         {"rows": len(window.frame), "min_training_rows": policy.min_training_rows},
+                         blocking=True)
+        if FRESH_READINGS_CHECK in batch.checks:
+            yield _freshness_result(key, window.report.last_timestamp,
+                                    *period_bounds(settings, attempt.period_key))
+    if FEATURES in batch.selected and result.frame is not None:
+        yield dg.AssetMaterialization(FEATURES, partition=key, metadata={
+            "rows": len(result.frame.frame),
+            "features": dg.MetadataValue.json(list(result.frame.features)),
+            "feature_count": len(result.frame.features), "feature_set": policy.feature_set,
+            "horizon_minutes": policy.horizon_minutes})
+    if MODEL in batch.selected and result.stored is not None:
+        yield dg.AssetMaterialization(MODEL, partition=key, metadata=_version_metadata(
+            result.stored, result.candidate, policy))
+        if POSITIVE_SKILL_CHECK in batch.checks:
+            yield _skill_result(key, result.stored.meta["metrics"])
+    if DECISION in batch.selected and result.outcome is not None:
+        yield dg.AssetMaterialization(DECISION, partition=key, metadata=_decision_metadata(
+            result.outcome, result.outcome.record["version"]))
+
+
+def _check(asset: str, name: str, key: str, passed: bool, severity: dg.AssetCheckSeverity,
+           description: str | None, metadata: dict[str, Any],
+           blocking: bool = False) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(asset_key=dg.AssetKey(asset), check_name=name, passed=passed,
+                                   severity=severity, description=description, metadata=metadata,
+                                   blocking=blocking, partition=key)
+
+
+def _version_metadata(stored: Any, candidate: Any, policy: RetrainPolicy) -> dict[str, Any]:
+    meta = stored.meta
+    return {
+        "version": stored.version, "model_path": dg.MetadataValue.path(str(stored.model_path)),
+        "sha256": stored.sha256, "size_bytes": int(meta["size_bytes"]),
+        **_number_metadata(meta["metrics"]),
+        "model_type": policy.model_type, "feature_set": policy.feature_set,
+        "period": meta["period"],
+        "feature_importance": _importance_table(candidate.model if candidate else None),
+    }
+
+
+def _freshness_result(key: str, last_reading: datetime | None, cutoff: datetime,
+                      period_end: datetime) -> dg.AssetCheckEvaluation:
+    allowed = period_end - cutoff
     age = None if last_reading is None else cutoff - last_reading
     fresh = age is not None and age <= allowed
-    return dg.AssetCheckResult(
-        check_name=FRESH_READINGS_CHECK,
-        passed=fresh,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"latest_reading": last_reading.isoformat() if last_reading else "none",
-                  "age_hours": round(age.total_seconds() / 3600, 3) if age is not None else -1.0,
-                  "allowed_hours": allowed.total_seconds() / 3600},
-        description=None if fresh else (
+    return _check(
+        RAW, FRESH_READINGS_CHECK, key, fresh, dg.AssetCheckSeverity.WARN,
+        None if fresh else (
             "no readings in the window" if last_reading is None
             else f"latest reading {last_reading.isoformat()} is older than one period before the cutoff"),
+        {"latest_reading": last_reading.isoformat() if last_reading else "none",
+         "age_hours": round(age.total_seconds() / 3600, 3) if age is not None else -1.0,
+         "allowed_hours": allowed.total_seconds() / 3600},
     )
 
 
@@ -279,19 +257,16 @@ def _number_metadata(metrics: dict[str, Any]) -> dict[str, float | int]:
     return out
 
 
-def _skill_result(metrics: dict[str, Any]) -> dg.AssetCheckResult:
+def _skill_result(key: str, metrics: dict[str, Any]) -> dg.AssetCheckEvaluation:
     skill = metrics.get("skill")
     known = skill is not None and math.isfinite(skill)
-    return dg.AssetCheckResult(
-        check_name=POSITIVE_SKILL_CHECK,
-        passed=bool(known and skill > 0),
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"skill": float(skill) if known else 0.0,
-                  "mae": float(metrics["mae"]),
-                  "persistence_mae": float(metrics["persistence_mae"])},
-        description=None if skill and skill > 0 else (
+    return _check(
+        MODEL, POSITIVE_SKILL_CHECK, key, bool(known and skill > 0), dg.AssetCheckSeverity.WARN,
+        None if skill and skill > 0 else (
             f"skill {skill} against persistence: the forecast does not beat "
             "'power stays what it is now' on this window"),
+        {"skill": float(skill) if known else 0.0, "mae": float(metrics["mae"]),
+         "persistence_mae": float(metrics["persistence_mae"])},
     )
 
 

@@ -7,7 +7,6 @@ import dagster as dg
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.orchestration.alerts import build_run_failure_sensor
 from solar_ml_pipeline.orchestration.assets import build_assets
-from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager
 from solar_ml_pipeline.orchestration.jobs import build_retrain_job
 from solar_ml_pipeline.orchestration.resources import (
     ModelStoreResource,
@@ -28,8 +27,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "store": StoreResource.from_settings(settings),
             "models": ModelStoreResource(model_dir=str(settings.model_dir)),
             "policy": RetrainPolicy.from_settings(settings),
-            "model_io_manager": VersionedModelIOManager(model_dir=str(settings.model_dir)),
-            "frame_io_manager": dg.mem_io_manager,
         },
+        # Every job, the implicit one behind the UI's Materialize buttons included, runs its
+        # one retrain step in the run's own process: a subprocess per step would only add an
+        # interpreter start, and there are no intermediates to hand between processes.
+        executor=dg.in_process_executor,
     )
 

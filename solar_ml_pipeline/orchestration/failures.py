@@ -14,10 +14,27 @@ from typing import Any
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.orchestration.partitions import InvalidPeriod, training_window
+from solar_ml_pipeline.orchestration.batches import (
+    done_in_earlier_runs,
+    run_partition_keys,
+    split_key,
+)
+from solar_ml_pipeline.orchestration.partitions import (
+    InvalidPeriod,
+    retrain_partitions,
+    training_window,
+)
 from solar_ml_pipeline.storage.base import RunLog
-from solar_ml_pipeline.storage.run_records import base_record, one_line, write_failure
+from solar_ml_pipeline.storage.run_records import (
+    STATUS_FAILED,
+    attempt_id,
+    base_record,
+    one_line,
+    write_failure,
+)
 
+RETRAIN_OP = "retrain"  # the multi-asset step that retrains a run's devices
+ASSET_NAMES = ("raw_readings", "feature_frame", "model_version", "promotion_decision")
 DEVICE_TAG = "dagster/partition/device"
 PERIOD_TAG = "dagster/partition/period"
 
@@ -40,10 +57,35 @@ def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, d
     return write_failure(run_log, record, message, duration_s)
 
 
+def record_failed_run(run_log: RunLog, settings: Settings, instance: dg.DagsterInstance,
+                      run: dg.DagsterRun, message: str, duration_s: float | None) -> list[str]:
+    """For a failed run, a `failed` record for each of its attempts that has none (a worker
+    that died mid-batch leaves the rest unrecorded); returns the devices whose attempt failed.
+
+    Devices an earlier run of the retry chain already retrained are not this run's attempts.
+    """
+    keys = run_partition_keys(run, retrain_partitions(settings), instance)
+    selection = set(run.asset_selection or ()) or {dg.AssetKey(name) for name in ASSET_NAMES}
+    done = done_in_earlier_runs(instance, run, selection)
+    failed = []
+    for key in keys:
+        if key in done:
+            continue
+        device_id, period_key = split_key(key)
+        run_id = attempt_id(run.run_id, device_id, period_key, batch=len(keys) > 1)
+        record_failed_attempt(run_log, settings, run_id=run_id, device_id=device_id,
+                              period_key=period_key, days=days_from_run_config(run.run_config),
+                              message=message, duration_s=duration_s)
+        record = run_log.get_run(run_id)
+        if record is not None and record.get("status") == STATUS_FAILED:
+            failed.append(device_id)
+    return failed
+
+
 def days_from_run_config(run_config: Any) -> int | None:
     """The `--days` override a manual run carried, if any."""
     try:
-        value = run_config["ops"]["raw_readings"]["config"]["days"]
+        value = run_config["ops"][RETRAIN_OP]["config"]["days"]
     except (KeyError, TypeError):
         return None
     return int(value) if value else None

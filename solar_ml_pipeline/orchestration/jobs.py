@@ -1,4 +1,4 @@
-"""The one retrain job: the four retraining assets of one device x period partition."""
+"""The one retrain job: the four retraining assets, for one partition or a batch of devices."""
 
 from __future__ import annotations
 
@@ -20,11 +20,8 @@ def build_retrain_job(settings: Settings) -> dg.UnresolvedAssetJobDefinition:
         selection=RETRAIN_SELECTION,
         partitions_def=retrain_partitions(settings),
         description=(
-            "Retrain one device for one period: read its window, build features, train and "
-            "store a version, decide promotion and log the attempt."
+            "Retrain each device of the run for its period: read its window, build features, "
+            "train and store a version, decide promotion and log the attempt."
         ),
         tags={"domain": "solar-forecasting"},
-        # One process per run: the steps share one worker (and its warm imports) instead of
-        # paying a subprocess per step; runs still isolate from each other.
-        executor_def=dg.in_process_executor,
     )

@@ -13,9 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import RESUME_RETRY_TAG, TAGS_TO_MAYBE_OMIT_ON_RETRY
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.orchestration.failures import failure_message, record_failed_attempt
+from solar_ml_pipeline.orchestration.batches import (
+    done_in_earlier_runs,
+    run_partition_keys,
+    split_key,
+)
+from solar_ml_pipeline.orchestration.failures import (
+    ASSET_NAMES,
+    RETRAIN_OP,
+    failure_message,
+    record_failed_attempt,
+)
 from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import (
@@ -23,8 +34,9 @@ from solar_ml_pipeline.orchestration.partitions import (
     partition_key,
     period_bounds,
     period_key_at,
+    retrain_partitions,
 )
-from solar_ml_pipeline.storage.run_records import one_line, utc_now
+from solar_ml_pipeline.storage.run_records import attempt_id, one_line, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +62,7 @@ def resolve_request(settings: Settings, device_id: str, period_key: str | None =
 def run_config_for(request: RetrainRequest, verbose: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if request.days is not None:
-        config["ops"] = {"raw_readings": {"config": {"days": request.days}}}
+        config["ops"] = {RETRAIN_OP: {"config": {"days": request.days}}}
     if not verbose:
         config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
     return config
@@ -124,3 +136,63 @@ def _record_failure(settings: Settings, request: RetrainRequest,
     except Exception as exc:  # noqa: BLE001 - the run failed either way; say that, not this
         logger.warning(f"could not record the failed attempt of run {result.run_id}: "
                        f"{one_line(str(exc))}")
+
+
+
+class NothingToRetry(ValueError):
+    """The run named for a retry is not a failed retrain run."""
+
+
+class DagsterRunNotFound(LookupError):
+    """The Dagster instance holds no run with that id."""
+
+
+def retrain_job_from_env() -> dg.JobDefinition:
+    """The retrain job as a re-execution reconstructs it (settings from the environment)."""
+    from solar_ml_pipeline.config import load_settings
+
+    return _retrain_job(load_settings())
+
+
+def retry_tags(parent: dg.DagsterRun, trigger: str) -> dict[str, str]:
+    """The parent's tags (its partition or device range), marked as a retry from failure."""
+    kept = {k: v for k, v in parent.tags.items() if k not in TAGS_TO_MAYBE_OMIT_ON_RETRY}
+    return {**kept, RESUME_RETRY_TAG: "true", "solar/trigger": trigger}
+
+
+def failed_run(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise DagsterRunNotFound(f"no Dagster run {run_id!r} in this Dagster instance: "
+                             "give the id of a failed run (solar-ml runs list --status failed)")
+    if run.job_name not in (RETRAIN_JOB, "__ASSET_JOB"):
+        raise NothingToRetry(f"run {run_id} is a run of {run.job_name}, not a retrain run")
+    if run.status != dg.DagsterRunStatus.FAILURE:
+        raise NothingToRetry(f"run {run_id} is {run.status.value.lower()}, not failed: "
+                             "only a failed run has devices to retry")
+    return run
+
+
+def retry_failed_in_foreground(settings: Settings, run_id: str, *,
+                               verbose: bool = False) -> tuple[str, list[str]]:
+    """Re-execute a failed run from failure in this process, as the UI's "Re-execute from
+    failure" does: only its devices that did not finish retrain. Returns the new run id and
+    the run-log ids of the attempts it made."""
+    ensure_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        parent = failed_run(instance, run_id)
+        run_config = dict(parent.run_config or {})
+        if not verbose:
+            run_config["loggers"] = {"console": {"config": {"log_level": "CRITICAL"}}}
+        result = dg.execute_job(
+            dg.reconstructable(retrain_job_from_env), instance=instance, run_config=run_config,
+            tags=retry_tags(parent, "cli-retry"),
+            reexecution_options=dg.ReexecutionOptions.from_failure(run_id, instance),
+        )
+        retry = instance.get_run_by_id(result.run_id)
+        keys = run_partition_keys(retry, retrain_partitions(settings), instance)
+        done = done_in_earlier_runs(instance, retry, set(retry.asset_selection or ()) or
+                                    {dg.AssetKey(name) for name in ASSET_NAMES})
+    attempts = [attempt_id(result.run_id, *split_key(key), batch=len(keys) > 1)
+                for key in keys if key not in done]
+    return result.run_id, attempts

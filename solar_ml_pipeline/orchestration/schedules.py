@@ -1,25 +1,20 @@
-"""The retrain schedule: at every period start, one run per known device."""
+"""The retrain schedule: at every period start, a few batch runs cover every known device."""
 
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from solar_ml_pipeline.config import Settings, is_valid_device_id
+from solar_ml_pipeline.config import Settings
+from solar_ml_pipeline.orchestration.batches import batch_run_requests
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import (
     DEVICE_DIMENSION,
-    partition_key,
     period_cron,
     period_key_at,
 )
 
 RETRAIN_SCHEDULE = "retrain_schedule"
-
-
-def run_key(device_id: str, period_key: str) -> str:
-    """One launch per (device, period), however often a tick is evaluated."""
-    return f"retrain:{device_id}:{period_key}"
 
 
 def build_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
@@ -33,22 +28,18 @@ def build_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
         description=(
             f"At every period start ({settings.retrain_time} {settings.timezone}, every "
             f"{settings.retrain_interval_hours} h) retrain every known device for the period "
-            "that has just begun."
+            f"that has just begun, in runs of up to {settings.fleet_batch_size} devices "
+            "(FLEET_BATCH_SIZE)."
         ),
         tags={"domain": "solar-forecasting"},
     )
     def retrain_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest | dg.SkipReason]:
         period = period_key_at(settings, context.scheduled_execution_time)
-        devices = [d for d in context.instance.get_dynamic_partitions(DEVICE_DIMENSION)
-                   if is_valid_device_id(d)]
+        # Dagster's own order (insertion): a batch is a range of consecutive devices in it.
+        devices = context.instance.get_dynamic_partitions(DEVICE_DIMENSION)
         if not devices:
             yield dg.SkipReason("no devices known yet: the device sensor adds them from the readings store")
             return
-        for device_id in sorted(devices):
-            yield dg.RunRequest(
-                run_key=run_key(device_id, period),
-                partition_key=partition_key(device_id, period),
-                tags={"solar/device": device_id, "solar/period": period, "solar/trigger": "schedule"},
-            )
+        yield from batch_run_requests(settings, devices, period, "schedule")
 
     return retrain_schedule

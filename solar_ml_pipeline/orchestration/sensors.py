@@ -4,15 +4,14 @@
 import dagster as dg
 
 from solar_ml_pipeline.config import Settings, is_valid_device_id
+from solar_ml_pipeline.orchestration.batches import batch_run_requests
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import (
     DEVICE_DIMENSION,
     device_partitions,
-    partition_key,
     period_key_at,
 )
 from solar_ml_pipeline.orchestration.resources import StoreResource
-from solar_ml_pipeline.orchestration.schedules import run_key
 from solar_ml_pipeline.storage.run_records import utc_now
 
 DEVICE_SENSOR = "device_discovery_sensor"
@@ -26,7 +25,7 @@ def build_device_sensor(settings: Settings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Adds device ids found in the readings store to the device partitions and "
-            "requests the current period for each new one. Invalid ids are skipped and logged."
+            "requests the current period for the new ones, in batches of FLEET_BATCH_SIZE. Invalid ids are skipped and logged."
         ),
         tags={"domain": "solar-forecasting"},
     )
@@ -41,16 +40,10 @@ def build_device_sensor(settings: Settings) -> dg.SensorDefinition:
         if not new:
             return dg.SkipReason(f"no new devices ({len(known)} known)")
         period = period_key_at(settings, utc_now())
+        # The new ids go after every known one, so their batches are ranges of new devices.
         return dg.SensorResult(
             dynamic_partitions_requests=[device_partitions.build_add_request(new)],
-            run_requests=[
-                dg.RunRequest(
-                    run_key=run_key(device_id, period),
-                    partition_key=partition_key(device_id, period),
-                    tags={"solar/device": device_id, "solar/period": period, "solar/trigger": "discovery"},
-                )
-                for device_id in new
-            ],
+            run_requests=batch_run_requests(settings, new, period, "discovery"),
         )
 
     return device_discovery_sensor

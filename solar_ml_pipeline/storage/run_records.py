@@ -38,7 +38,8 @@ def utc_now() -> datetime:
 def base_record(*, run_id: str, device_id: str, partition_key: str | None, period: str | None,
                 window_start: datetime | None, window_end: datetime | None,
                 days_used: float | None, horizon_minutes: int, model_type: str | None,
-                trained_at: datetime | None = None) -> dict[str, Any]:
+                trained_at: datetime | None = None,
+                dagster_run_id: str | None = None) -> dict[str, Any]:
     """Every field present (None until known), so a record always has the documented shape."""
     record: dict[str, Any] = dict.fromkeys(RUN_FIELDS)
     record.update(
@@ -54,8 +55,15 @@ def base_record(*, run_id: str, device_id: str, partition_key: str | None, perio
         model_type=model_type,
         promoted=False,
         kind=KIND_RETRAIN,
+        dagster_run_id=dagster_run_id or run_id,
     )
     return record
+
+
+def attempt_id(dagster_run_id: str, device_id: str, period_key: str, *, batch: bool) -> str:
+    """The run-log key of one attempt: the Dagster run id when the run retrains one partition
+    (so `runs show` takes the id the UI shows), else run id, device and period."""
+    return f"{dagster_run_id}:{device_id}:{period_key}" if batch else dagster_run_id
 
 
 def failed_fields(error: str, duration_s: float | None = None) -> dict[str, Any]:

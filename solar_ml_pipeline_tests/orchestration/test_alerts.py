@@ -81,6 +81,7 @@ def test_alert_payload_names_device_period_run_error_and_link():
         "run_id": "abc123",
         "error": "No data found for training",
         "run_url": "http://ui:3000/runs/abc123",
+        "failed_devices": [],
     }
 
 
@@ -185,6 +186,7 @@ def test_a_run_that_died_gets_its_failed_record_and_an_alert_from_the_sensor(
     assert receiver.payloads() == [{
         "device_id": "tracker01", "period": PERIOD, "run_id": run.run_id,
         "error": DEAD_WORKER, "run_url": f"http://ui.example:3000/runs/{run.run_id}",
+        "failed_devices": ["tracker01"],
     }]
 
 

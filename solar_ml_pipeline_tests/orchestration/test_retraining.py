@@ -1,6 +1,6 @@
 """Foreground retrains: the launcher records failures that no asset body caught."""
 
-from solar_ml_pipeline.orchestration.io_managers import VersionedModelIOManager
+from solar_ml_pipeline.orchestration.resources import ModelStoreResource
 from solar_ml_pipeline.orchestration.retraining import resolve_request, retrain_in_foreground
 from solar_ml_pipeline_tests.conftest import PERIOD, simulate_into
 
@@ -9,10 +9,10 @@ def test_a_failure_outside_every_asset_body_still_leaves_one_failed_record(setti
                                                                           monkeypatch):
     simulate_into(store, "tracker01", days=3)
 
-    def unreadable(self, context):
+    def unreadable(self):
         raise OSError("model store unreadable: check MODEL_DIR permissions")
 
-    monkeypatch.setattr(VersionedModelIOManager, "load_input", unreadable)
+    monkeypatch.setattr(ModelStoreResource, "registry", unreadable)
     run_id = retrain_in_foreground(settings, resolve_request(settings, "tracker01", PERIOD))
 
     record = store.get_run(run_id)
