@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster._core.storage.tags import RESUME_RETRY_TAG
+from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
 
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.orchestration.partitions import (
@@ -87,10 +87,11 @@ def done_in_earlier_runs(instance: dg.DagsterInstance, run: dg.DagsterRun,
                          asset_keys: set[dg.AssetKey]) -> set[str]:
     """Partitions whose selected assets an earlier run of this retry chain materialised.
 
-    Only for a retry from failure (the UI's "Re-execute from failure", run retries, or
-    `solar-ml retrain --retry-failed`): it retrains the devices that failed, not the batch.
+    Only for a retry from failure (the UI's "Re-execute from failure" or "from asset
+    failure", run retries, or `solar-ml retrain --retry-failed`): it retrains the devices
+    that failed, not the batch. "Re-execute all" retrains every device again.
     """
-    if run.tags.get(RESUME_RETRY_TAG) != "true":
+    if "true" not in (run.tags.get(RESUME_RETRY_TAG), run.tags.get(ASSET_RESUME_RETRY_TAG)):
         return set()
     done: dict[str, set[dg.AssetKey]] = {}
     run_id = run.parent_run_id

@@ -41,7 +41,8 @@ PERIOD_TAG = "dagster/partition/period"
 
 def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, device_id: str,
                           period_key: str, days: int | None, message: str,
-                          duration_s: float | None = None) -> bool:
+                          duration_s: float | None = None,
+                          dagster_run_id: str | None = None) -> bool:
     """Write the failed record unless this run already has one; True when it wrote."""
     days_used = days or settings.retrain_days
     try:
@@ -53,6 +54,7 @@ def record_failed_attempt(run_log: RunLog, settings: Settings, *, run_id: str, d
         run_id=run_id, device_id=device_id, partition_key=f"{device_id}|{period_key}",
         period=period_key, window_start=start, window_end=end, days_used=days_used,
         horizon_minutes=settings.horizon_minutes, model_type=settings.model_type,
+        dagster_run_id=dagster_run_id,
     )
     return write_failure(run_log, record, message, duration_s)
 
@@ -75,7 +77,8 @@ def record_failed_run(run_log: RunLog, settings: Settings, instance: dg.DagsterI
         run_id = attempt_id(run.run_id, device_id, period_key, batch=len(keys) > 1)
         record_failed_attempt(run_log, settings, run_id=run_id, device_id=device_id,
                               period_key=period_key, days=days_from_run_config(run.run_config),
-                              message=message, duration_s=duration_s)
+                              message=message, duration_s=duration_s,
+                              dagster_run_id=run.run_id)
         record = run_log.get_run(run_id)
         if record is not None and record.get("status") == STATUS_FAILED:
             failed.append(device_id)

@@ -141,11 +141,14 @@ def wait_until_serving(api: DagsterApi, process: subprocess.Popen, log_path: Pat
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
-    root = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def running_dagster_dev(root: Path, devices: Mapping[str, float],
+                        extra_env: Mapping[str, str] | None = None,
+                        schedule_lead: timedelta = SCHEDULE_LEAD) -> Iterator[DagsterDev]:
+    """`dagster dev` on a fresh project home whose store holds `devices` (id -> days of
+    5-minute readings up to now); the schedule's period starts `schedule_lead` from now."""
     started_at = datetime.now(UTC)
-    retrain_at = next_whole_minute(started_at + SCHEDULE_LEAD)
+    retrain_at = next_whole_minute(started_at + schedule_lead)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with WebhookReceiver() as webhook:
@@ -158,6 +161,7 @@ def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
             "RETRAIN_TIME": retrain_at.strftime("%H:%M"),
             "ALERT_WEBHOOK_URL": webhook.url,
             "MAX_CONCURRENT_RUNS": "2",
+            **(extra_env or {}),
         }
         settings = settings_from_env(test_env)
         previous_home = os.environ.get("DAGSTER_HOME")
@@ -171,9 +175,9 @@ def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
 
         store = open_store(settings)
         try:
-            for seed, device_id in enumerate(DEVICES):
+            for seed, (device_id, days) in enumerate(devices.items()):
                 # readings up to "now" (and a day beyond), so the current period's window is full
-                simulate_into(store, device_id, end=started_at, days=10, seed=seed,
+                simulate_into(store, device_id, end=started_at, days=days, seed=seed,
                               interval_minutes=5)
         finally:
             store.close()
@@ -193,3 +197,9 @@ def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
         finally:
             survivors = stop_process_group(process)
             assert not survivors, f"processes of dagster dev survived teardown: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory) -> Iterator[DagsterDev]:
+    with running_dagster_dev(tmp_path_factory.mktemp("e2e"), dict.fromkeys(DEVICES, 10)) as dev:
+        yield dev

@@ -78,6 +78,38 @@ query($selector: ScheduleSelector!) { scheduleOrError(scheduleSelector: $selecto
   ... on PythonError { message }
 } }"""
 
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+  __typename
+  ... on LaunchBackfillSuccess { backfillId }
+  ... on PythonError { message }
+  ... on Error { message }
+} }"""
+
+BACKFILL = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename
+  ... on PartitionBackfill { status }
+  ... on PythonError { message }
+} }"""
+
+REEXECUTE = """
+mutation($params: ReexecutionParams!) { launchPipelineReexecution(reexecutionParams: $params) {
+  __typename
+  ... on LaunchRunSuccess { run { runId } }
+  ... on PythonError { message }
+  ... on Error { message }
+} }"""
+
+PARTITION_STATS = """
+query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) {
+  __typename
+  ... on AssetNode { partitionStats { numMaterialized numFailed numMaterializing } }
+} }"""
+
+BACKFILL_DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+ASSET_JOB = "__ASSET_JOB"  # the implicit job behind the UI's Materialize buttons
+
 
 class GraphQLError(AssertionError):
     """The API answered with errors; the message holds them."""
@@ -139,9 +171,14 @@ class DagsterApi:
     # runs -------------------------------------------------------------------------------------
 
     def launch_run(self, job: str, tags: Mapping[str, str],
-                   run_config: Mapping[str, Any] | None = None) -> str:
+                   run_config: Mapping[str, Any] | None = None,
+                   assets: list[str] | None = None) -> str:
+        """A run of one job; `assets` selects a subset, as the asset pages do."""
+        selector: dict[str, Any] = {**self.repository_selector, "jobName": job}
+        if assets is not None:
+            selector["assetSelection"] = [{"path": [name]} for name in assets]
         params = {
-            "selector": {**self.repository_selector, "jobName": job},
+            "selector": selector,
             "runConfigData": dict(run_config or {}),
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
@@ -172,7 +209,34 @@ class DagsterApi:
         done = set(statuses) == set(run_ids) and all(s in TERMINAL_STATUSES for s in statuses.values())
         return statuses if done else None
 
+    def reexecute(self, parent_run_id: str, strategy: str = "FROM_FAILURE") -> str:
+        params = {"parentRunId": parent_run_id, "strategy": strategy}
+        outcome = self.query(REEXECUTE, {"params": params})["launchPipelineReexecution"]
+        assert outcome["__typename"] == "LaunchRunSuccess", outcome
+        return outcome["run"]["runId"]
+
+    # backfills --------------------------------------------------------------------------------
+
+    def launch_backfill(self, assets: list[str], partitions: list[str]) -> str:
+        """What "Materialize all" or an asset page's "Materialize..." dialog launches."""
+        params = {"assetSelection": [{"path": [name]} for name in assets],
+                  "partitionNames": partitions, "fromFailure": False}
+        outcome = self.query(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        assert outcome["__typename"] == "LaunchBackfillSuccess", outcome
+        return outcome["backfillId"]
+
+    def wait_for_backfill(self, backfill_id: str, timeout_s: float) -> str:
+        def finished():
+            status = self.query(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]["status"]
+            return status if status in BACKFILL_DONE else None
+
+        return wait_until(finished, timeout_s) or "TIMED_OUT"
+
     # assets -----------------------------------------------------------------------------------
+
+    def partition_stats(self, asset: str) -> dict[str, int]:
+        node = self.query(PARTITION_STATS, {"path": [asset]})["assetNodeOrError"]
+        return node["partitionStats"]
 
     def materialization_metadata(self, asset: str, partition: str) -> list[dict[str, Any]]:
         """Metadata entries of each materialisation of one partition, newest first."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pytest
 
@@ -16,11 +18,13 @@ from solar_ml_pipeline.orchestration.alerts import (
     post_alert,
     run_url,
 )
+from solar_ml_pipeline.orchestration.batches import RANGE_END_TAG, RANGE_START_TAG
 from solar_ml_pipeline.orchestration.definitions import build_definitions
 from solar_ml_pipeline.orchestration.failures import DEVICE_TAG, PERIOD_TAG
 from solar_ml_pipeline.orchestration.jobs import RETRAIN_JOB
 from solar_ml_pipeline.orchestration.partitions import DEVICE_DIMENSION, partition_key
 from solar_ml_pipeline.orchestration.resources import StoreResource
+from solar_ml_pipeline.storage.run_records import attempt_id
 from solar_ml_pipeline_tests.conftest import PERIOD
 from solar_ml_pipeline_tests.e2e.webhook_receiver import WebhookReceiver
 
@@ -163,6 +167,31 @@ def _run_that_died(instance, settings, device_id="tracker01"):
     )
     event = instance.report_run_failed(run, message=DEAD_WORKER)
     return instance.get_run_by_id(run.run_id), event
+
+
+def test_a_batch_whose_worker_died_mid_way_records_only_its_unrecorded_devices(
+        settings, store, receiver):
+    sensor = build_run_failure_sensor(settings.with_overrides(alert_webhook_url=receiver.url))
+    job = build_definitions(settings).resolve_job_def(RETRAIN_JOB)
+    devices = ["tracker01", "tracker02", "tracker03"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("device", devices)
+        run = instance.create_run_for_job(job, tags={
+            RANGE_START_TAG: f"tracker01|{PERIOD}", RANGE_END_TAG: f"tracker03|{PERIOD}"})
+        done = attempt_id(run.run_id, "tracker01", PERIOD, batch=True)
+        store.upsert_run({"run_id": done, "device_id": "tracker01", "status": "success",
+                          "trained_at": datetime(2026, 3, 10, 13, 5, tzinfo=UTC)})
+        event = instance.report_run_failed(run, message=DEAD_WORKER)
+        _evaluate(sensor, settings, instance, instance.get_run_by_id(run.run_id), event)
+    assert store.get_run(done)["status"] == "success"  # a finished attempt is never overwritten
+    for device_id in ("tracker02", "tracker03"):
+        record = store.get_run(attempt_id(run.run_id, device_id, PERIOD, batch=True))
+        assert record["status"] == "failed" and record["error"] == DEAD_WORKER
+        assert record["dagster_run_id"] == run.run_id
+    assert store.list_runs().total == 3
+    [payload] = receiver.payloads()
+    assert payload["failed_devices"] == ["tracker02", "tracker03"]
+    assert payload["device_id"] is None and payload["run_id"] == run.run_id
 
 
 def test_the_sensor_is_part_of_the_code_location_and_starts_running(settings):
