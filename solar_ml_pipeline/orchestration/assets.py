@@ -166,12 +166,13 @@ def _device_events(result: steps.AttemptResult, batch: Batch, settings: Settings
                    policy: RetrainPolicy) -> Iterator[Any]:
     """The Dagster events of one device's attempt: what it got through, nothing more."""
     attempt, key = result.attempt, result.attempt.partition_key
-    if RAW in batch.selected and result.window is not None:
-        window = result.window
+    window = result.window
+    if RAW in batch.selected and window is not None:
         yield dg.AssetMaterialization(RAW, partition=key, metadata={
             "window_start": attempt.window_start.isoformat(),
             "window_end": attempt.cutoff.isoformat(), "days_used": attempt.days,
             "rows": len(window.frame), **window.report.as_metadata()})
+    if window is not None:  # the window's checks also run alone ("Execute check" in the UI)
         if ENOUGH_ROWS_CHECK in batch.checks:
             yield _check(RAW, ENOUGH_ROWS_CHECK, key, window.enough, dg.AssetCheckSeverity.ERROR,
                          None if window.enough else window.message,
