@@ -227,7 +227,7 @@ def _success_record(attempt: Attempt, stored: StoredVersion, decision: ServingDe
         train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),
         persistence_mae=metrics.get("persistence_mae"), skill=metrics.get("skill"),
         **{name: metrics.get(name) for name in EXTRA_METRIC_FIELDS},
-        features=meta["features"], model_path=meta.get("model_path") or str(stored.model_path),
+        features=meta["features"], model_path=str(stored.model_path),
         version=stored.version, status=STATUS_SUCCESS, error=None,
         promoted=decision.promoted, decision_reason=decision.reason, decision_rule=decision.rule,
         champion_version=old.version if old else None,

@@ -153,7 +153,8 @@ def current_model(settings: Settings, device_id: str) -> dict[str, Any]:
     beats persistence: `model_exists` false, `reason` why, the gate's figures) or None.
     """
     validate_device_id(device_id)
-    pointer = registry_for(settings).read_pointer(device_id)
+    registry = registry_for(settings)
+    pointer = registry.read_pointer(device_id)
     if pointer is None:
         return {"model_exists": False, "device_id": device_id, "serving": None, "version": None,
                 "updated_at": None, "model_path": None, "metrics": None}
@@ -172,7 +173,7 @@ def current_model(settings: Settings, device_id: str) -> dict[str, Any]:
         "serving": SERVING_MODEL,
         "version": pointer["version"],
         "updated_at": pointer.get("updated_at"),
-        "model_path": pointer["model_path"],
+        "model_path": str(registry.model_path(device_id, pointer["version"])),  # on this host
         "metrics": pointer.get("metrics") or {},
     }
     shown.update({name: pointer.get(name) for name in POINTER_EXTRAS})
@@ -232,7 +233,8 @@ def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, An
     )
     record.update(
         kind=KIND_ROLLBACK, status=STATUS_SUCCESS, error=None, promoted=True,
-        version=pointer["version"], model_path=pointer["model_path"],
+        version=pointer["version"],
+        model_path=str(registry_for(settings).model_path(device_id, pointer["version"])),
         rows_used=meta.get("rows_used"), features=meta.get("features"),
         mae=metrics.get("mae"), rmse=metrics.get("rmse"), r2=metrics.get("r2"),
         train_samples=metrics.get("train_samples"), test_samples=metrics.get("test_samples"),

@@ -52,13 +52,24 @@ class StoreLayout:
             )
         return resolved
 
+    def relative(self, path: Path) -> str:
+        """A file's name relative to MODEL_DIR, as pointers and metas record it: the store
+        serves wherever it is mounted or restored (`device/versions/model_V.pkl`)."""
+        return path.relative_to(self.model_dir).as_posix()
+
     def _names_expected(self, raw: object, expected: Path) -> bool:
+        """Whether a recorded path names this file: relative to MODEL_DIR (this release), or
+        absolute (the first release's), where a store copied or mounted elsewhere still
+        names its own `device/versions/file`. Files are always opened at `expected`."""
         if not isinstance(raw, str) or not raw:
             return False
         named = Path(raw)
         if not named.is_absolute():
-            named = self.model_dir / named
-        return named.resolve() == expected.resolve()
+            return (self.model_dir / named).resolve() == expected.resolve()
+        if named.resolve() == expected.resolve():
+            return True
+        own = expected.relative_to(self.model_dir).parts
+        return ".." not in named.parts and named.parts[-len(own):] == own
 
     def list_devices(self) -> list[str]:
         """Device folders under MODEL_DIR; folders whose names are not device ids are ignored."""

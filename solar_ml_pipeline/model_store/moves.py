@@ -56,8 +56,8 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
         pointer: dict[str, Any] = {
             "device_id": device_id,
             "serving": SERVING_MODEL,
-            "model_path": str(self.model_path(device_id, version)),
-            "metadata_path": str(self.metadata_path(device_id, version)),
+            "model_path": self.relative(self.model_path(device_id, version)),
+            "metadata_path": self.relative(self.metadata_path(device_id, version)),
             "version": version,
             "updated_at": _utc_now_iso(),
             "metrics": pointer_metrics(meta),

@@ -88,8 +88,9 @@ class VersionStore(StoreLayout):
         data = serialize_model(model)
         full_meta = dict(meta)
         full_meta.update(
-            device_id=device_id, version=version, model_path=str(model_path),
-            metadata_path=str(metadata_path), sha256=sha256_hex(data), size_bytes=len(data),
+            device_id=device_id, version=version, model_path=self.relative(model_path),
+            metadata_path=self.relative(metadata_path), sha256=sha256_hex(data),
+            size_bytes=len(data),
         )
         meta_data = json_bytes(full_meta)  # fails on a bad meta before any file is written
         try:

@@ -175,7 +175,7 @@ def test_save_version_writes_pkl_and_meta_with_sha256_and_loads_back(registry):
     )
     assert meta["size_bytes"] == stored.model_path.stat().st_size
     assert (meta["device_id"], meta["version"]) == (DEVICE, _version(1))
-    assert meta["model_path"] == str(stored.model_path)
+    assert meta["model_path"] == f"{DEVICE}/versions/model_{_version(1)}.pkl"
     assert meta["days_used"] == 7
     assert registry.load_model(DEVICE, _version(1)) == {"weights": [1, 2]}
     assert registry.load_version(DEVICE, _version(1)).model == {"weights": [1, 2]}
@@ -277,8 +277,8 @@ def test_promote_writes_the_original_pointer_shape_plus_sha_and_previous(registr
     on_disk = json.loads((registry.model_dir / DEVICE / "current_model.json").read_text())
     assert on_disk == pointer == registry.read_pointer(DEVICE)
     assert pointer["version"] == _version(2)
-    assert pointer["model_path"] == str(second.model_path)
-    assert pointer["metadata_path"] == str(second.metadata_path)
+    assert pointer["model_path"] == registry.relative(second.model_path)
+    assert pointer["metadata_path"] == registry.relative(second.metadata_path)
     assert pointer["sha256"] == second.sha256
     assert pointer["previous_version"] == _version(1)
     assert pointer["updated_at"].endswith("Z")

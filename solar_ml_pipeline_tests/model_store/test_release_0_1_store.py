@@ -60,3 +60,13 @@ def test_a_first_release_store_rolls_back_to_its_previous_version(legacy_registr
     assert pointer["version"] == OLDER
     assert isinstance(legacy_registry.load_model(DEVICE, OLDER, expected_sha256=pointer["sha256"]),
                       ForecastModel)
+
+
+def test_a_first_release_store_restored_at_another_path_serves_and_rolls_back(tmp_path):
+    """Its pointer and metas name absolute paths under /tmp/solar-ml-release-0.1-store."""
+    shutil.copytree(FIXTURE, tmp_path / "restored")
+    registry = ModelRegistry(tmp_path / "restored" / "ml_models")
+    assert registry.read_pointer(DEVICE)["model_path"].startswith(str(WRITTEN_AT))
+    assert ModelServer(registry).load_current(DEVICE).version == NEWER
+    assert registry.rollback(DEVICE)["version"] == OLDER
+    assert ModelServer(registry).load_current(DEVICE).version == OLDER

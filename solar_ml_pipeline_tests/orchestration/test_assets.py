@@ -3,7 +3,6 @@
 import hashlib
 import json
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -35,11 +34,12 @@ def test_first_retrain_stores_a_verified_version_promotes_it_and_logs_success(se
         assert isinstance(record[field], float)
     model_dir = settings.model_dir / device_with_data
     pointer = json.loads((model_dir / "current_model.json").read_text())
-    pkl = Path(pointer["model_path"])
+    assert pointer["model_path"] == f"{device_with_data}/versions/model_{record['version']}.pkl"
+    pkl = settings.model_dir / pointer["model_path"]  # relative: the store serves anywhere
     assert pointer["version"] == record["version"]
     assert pkl.parent == model_dir / "versions" and pkl.name == f"model_{record['version']}.pkl"
     assert hashlib.sha256(pkl.read_bytes()).hexdigest() == pointer["sha256"]
-    meta = json.loads(Path(pointer["metadata_path"]).read_text())
+    meta = json.loads((settings.model_dir / pointer["metadata_path"]).read_text())
     assert meta["dagster_run_id"] == run_id
     assert meta["window_end"].startswith("2026-03-10T13:00")
     assert meta["features"] == record["features"]
@@ -272,7 +272,7 @@ def test_a_refused_challenger_displaces_a_champion_that_can_no_longer_be_served(
         settings, store, device_with_data, monkeypatch):
     champion = store.get_run(_retrain(settings, device_with_data))  # gate off: promoted
     pointer = _pointer(settings, device_with_data)
-    Path(pointer["model_path"]).write_bytes(b"damaged on disk")
+    (settings.model_dir / pointer["model_path"]).write_bytes(b"damaged on disk")
     gated = settings.with_overrides(require_beat_persistence=True)
 
     _gate(monkeypatch, challenger=LOSES)
