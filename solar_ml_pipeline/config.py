@@ -73,6 +73,9 @@ class Settings:
     dagster_webserver_url: str | None = None
     max_concurrent_runs: int = 2
     fleet_batch_size: int = 25
+    dagster_pg_url: str | None = field(default=None, repr=False)
+    celery_broker_url: str | None = field(default=None, repr=False)
+    celery_backend_url: str | None = field(default=None, repr=False)
 
     @property
     def sqlite_path(self) -> Path:
@@ -204,6 +207,15 @@ def _mongodb_uri(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _service_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...],
+                 unset: str) -> str | None:
+    raw = _text(env, name, None)
+    if raw is not None and not re.fullmatch(rf"({'|'.join(schemes)})://\S+", raw):
+        raise ConfigError(f"{name} is invalid: expected {' or '.join(s + '://...' for s in schemes)}"
+                          f", or unset it {unset}")
+    return raw
+
+
 def _http_url(env: Mapping[str, str], name: str) -> str | None:
     raw = _text(env, name, None)
     if raw is None:
@@ -258,6 +270,12 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_concurrent_runs=_int(env, "MAX_CONCURRENT_RUNS", 2, 1, "a whole number, at least 1"),
         fleet_batch_size=_int(env, "FLEET_BATCH_SIZE", 25, 1,
                               "a whole number of devices per run, at least 1"),
+        dagster_pg_url=_service_url(env, "DAGSTER_PG_URL", ("postgresql", "postgres"),
+                                    "to keep the Dagster instance in SQLite under DAGSTER_HOME"),
+        celery_broker_url=_service_url(env, "CELERY_BROKER_URL", ("redis", "rediss"),
+                                       "to run retrains as child processes of the daemon"),
+        celery_backend_url=_service_url(env, "CELERY_BACKEND_URL", ("redis", "rediss"),
+                                        "to use CELERY_BROKER_URL"),
     )
 
 

@@ -47,6 +47,7 @@ __all__ = ["CommandFailed", "UsageError", "build_parser", "emit", "main"]
 # An exception can only come from a module already imported, so error classes are looked up
 # in sys.modules: mapping an error to its exit code never pays for importing Dagster.
 USER_ERRORS = (
+    ("solar_ml_pipeline.orchestration.instance", "InstanceMismatch"),
     ("solar_ml_pipeline.orchestration.partitions", "InvalidPeriod"),
     ("solar_ml_pipeline.interfaces.operations", "InvalidRequest"),
     ("solar_ml_pipeline.model_store.registry", "InvalidVersion"),
@@ -277,6 +278,23 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK  # pragma: no cover - execv does not return
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A warm Celery worker executing this project's runs (DAGSTER_PG_URL, CELERY_BROKER_URL)."""
+    from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
+    from solar_ml_pipeline.orchestration.workers import worker_argv
+
+    command = worker_argv(settings, queue=args.queue, concurrency=args.concurrency,
+                          name=args.name)  # refuses a missing broker or instance first
+    home = ensure_dagster_home(settings)
+    emit(args, {"queue": args.queue, "concurrency": args.concurrency,
+                "dagster_home": str(home), "command": command},
+         f"Celery worker on queue {args.queue!r}, {args.concurrency} run(s) at once "
+         f"(DAGSTER_HOME={home})")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # noqa: S606 - fixed argv: our interpreter, celery
+    return EXIT_OK  # pragma: no cover - execv does not return
+
+
 # --- demo: the README's first command ---------------------------------------------------
 
 DEMO_DEVICES = ("tracker01", "tracker02", "tracker03")
@@ -397,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=3000, help="port (default %(default)s)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_ui)
+
+    p = sub.add_parser("worker", help="run a Celery worker that executes retrain runs "
+                                      "(needs CELERY_BROKER_URL and DAGSTER_PG_URL)")
+    p.add_argument("--queue", default="dagster", help="queue to take runs from (default %(default)s)")
+    p.add_argument("--concurrency", type=positive_int, default=1,
+                   help="runs executed at once, one pool process each (default %(default)s)")
+    p.add_argument("--name", help="worker name (default solar-ml-HOSTNAME)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_worker)
 
     return parser
 

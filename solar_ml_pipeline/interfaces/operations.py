@@ -139,7 +139,7 @@ def delete_run(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def registry_for(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.model_dir)
+    return ModelRegistry(settings.model_dir, lock_url=settings.dagster_pg_url)
 
 
 POINTER_EXTRAS = ("previous_version", "sha256", "metadata_path", "model_type", "feature_set",

@@ -42,3 +42,7 @@ class UnsafePath(ModelStoreError):
 
 class LockTimeout(ModelStoreError):
     """Another process held the device lock for longer than the timeout."""
+
+
+class LockUnavailable(ModelStoreError):
+    """The shared database that serialises promotions across hosts cannot be reached."""

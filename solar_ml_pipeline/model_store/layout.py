@@ -28,8 +28,11 @@ def validate_version(version: object) -> str:
 class StoreLayout:
     """The paths of one MODEL_DIR: the base every part of ModelRegistry builds on."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, lock_url: str | None = None) -> None:
         self.model_dir = Path(model_dir).expanduser().resolve()
+        # PostgreSQL URL whose advisory locks serialise a device's promotions across hosts
+        # (a file lock on a network filesystem does not); None: one host, file locks only.
+        self.lock_url = lock_url
 
     def device_dir(self, device_id: str) -> Path:
         return self.model_dir / validate_device_id(device_id)

@@ -25,7 +25,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[build_device_sensor(settings), build_run_failure_sensor(settings)],
         resources={
             "store": StoreResource.from_settings(settings),
-            "models": ModelStoreResource(model_dir=str(settings.model_dir)),
+            "models": ModelStoreResource.from_settings(settings),
             "policy": RetrainPolicy.from_settings(settings),
         },
         # Every job, the implicit one behind the UI's Materialize buttons included, runs its

@@ -49,8 +49,55 @@ telemetry:
 """
 
 
+POSTGRES_STORAGE = """\
+# Runs, events, schedules and partitions in PostgreSQL (DAGSTER_PG_URL), shared by the
+# webserver, the daemon and every worker host.
+storage:
+  postgres:
+    postgres_url:
+      env: DAGSTER_PG_URL
+"""
+
+CELERY_LAUNCHER = """\
+# Runs execute inside warm Celery workers (`solar-ml worker`) on any host, through the broker
+# (CELERY_BROKER_URL); run monitoring asks the result backend (CELERY_BACKEND_URL, else the
+# broker) whether a run's worker still lives.
+run_launcher:
+  module: dagster_celery.launcher
+  class: CeleryRunLauncher
+  config:
+    default_queue: dagster
+    broker:
+      env: CELERY_BROKER_URL
+    backend:
+      env: {backend_variable}
+"""
+
+
+class InstanceMismatch(ValueError):
+    """DAGSTER_HOME's dagster.yaml was written for another deployment than the settings say."""
+
+
 def dagster_yaml_text(settings: Settings) -> str:
-    return DAGSTER_YAML.format(max_runs=settings.max_concurrent_runs)
+    text = DAGSTER_YAML.format(max_runs=settings.max_concurrent_runs)
+    if settings.dagster_pg_url:
+        text += POSTGRES_STORAGE
+    if settings.celery_broker_url:
+        text += CELERY_LAUNCHER.format(backend_variable="CELERY_BACKEND_URL"
+                                       if settings.celery_backend_url else "CELERY_BROKER_URL")
+    return text
+
+
+def check_matches(config: Path, settings: Settings) -> None:
+    """Refuse a dagster.yaml that would silently keep SQLite or the default launcher."""
+    text = config.read_text()
+    for variable, wanted, needle in (
+            ("DAGSTER_PG_URL", settings.dagster_pg_url, "DAGSTER_PG_URL"),
+            ("CELERY_BROKER_URL", settings.celery_broker_url, "CeleryRunLauncher")):
+        if wanted and needle not in text:
+            raise InstanceMismatch(
+                f"{variable} is set but {config} was written without it: delete that file "
+                "(solar-ml writes it again from the template) or add the section by hand")
 
 
 # Written once the instance's storage exists; its absence sends a process through the lock.
@@ -68,7 +115,13 @@ def ensure_dagster_home(settings: Settings) -> Path:
         tmp = config.with_suffix(f".yaml.tmp{os.getpid()}")
         tmp.write_text(dagster_yaml_text(settings))
         os.replace(tmp, config)
+    check_matches(config, settings)
     os.environ["DAGSTER_HOME"] = str(home)
+    for variable, value in (("DAGSTER_PG_URL", settings.dagster_pg_url),
+                            ("CELERY_BROKER_URL", settings.celery_broker_url),
+                            ("CELERY_BACKEND_URL", settings.celery_backend_url)):
+        if value:  # dagster.yaml reads them from the environment (a .env file included)
+            os.environ[variable] = value
     initialise_storage_once(home)
     return home
 

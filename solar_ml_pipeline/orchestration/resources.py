@@ -68,9 +68,15 @@ class ModelStoreResource(dg.ConfigurableResource):
     """The versioned model files and current-model pointers under MODEL_DIR."""
 
     model_dir: str
+    lock_url: str | None = None  # DAGSTER_PG_URL: promotions serialised across hosts
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStoreResource:
+        return cls(model_dir=str(settings.model_dir),
+                   lock_url=dg.EnvVar("DAGSTER_PG_URL") if settings.dagster_pg_url else None)
 
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(Path(self.model_dir))
+        return ModelRegistry(Path(self.model_dir), lock_url=self.lock_url)
 
 
 class RetrainPolicy(dg.ConfigurableResource):
