@@ -152,6 +152,28 @@ def cancel_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return one_line(message).rstrip(".") or None
 
 
+def launch_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the daemon could not hand the run to its launcher (a broker that is down, say):
+    Dagster fails such a run with a message that only says it failed "from outside the
+    execution context"; the error is on the run's engine event."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, ascending=False, limit=20).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        if error is not None and "dequeuing" in (record.event_log_entry.message or ""):
+            cause = _innermost(error)
+            return one_line(f"the run could not be launched ({cause}): check "
+                            "CELERY_BROKER_URL and that the broker is up, then launch it again")
+    return None
+
+
+def _innermost(error: Any) -> str:
+    while error.cause is not None:
+        error = error.cause
+    return f"{error.cls_name}: {error.message.strip()}" if error.cls_name else error.message
+
+
 def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
     """Alert on failed runs of this code location: the retrain job and ad-hoc asset runs."""
 
@@ -176,6 +198,8 @@ def build_run_failure_sensor(settings: Settings) -> dg.SensorDefinition:
         error = failure_message(context.failure_event, list(context.get_step_failure_events()))
         if reason := cancel_reason(context.instance, run.run_id):
             error = f"{reason}: {error}"
+        elif not list(context.get_step_failure_events()):
+            error = launch_error(context.instance, run.run_id) or error
         failed = FailedRun(run_id=run.run_id, job_name=run.job_name, device_id=device_id,
                            period=period, error=error)
         subject = f"{device_id} {period}" if device_id else run.job_name

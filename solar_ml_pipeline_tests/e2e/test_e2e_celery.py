@@ -84,9 +84,21 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("celery")
     with postgres_server() as postgres, redis_server(root) as redis:
+        yield root, postgres, redis
+
+
+@pytest.fixture
+def redis_control(servers):
+    return servers[2]
+
+
+@pytest.fixture(scope="module")
+def deployment(servers):
+    root, postgres, redis = servers
+    if True:
         now = datetime.now(UTC)
         env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
         env.update({
@@ -187,3 +199,27 @@ def test_a_worker_killed_mid_batch_fails_its_run_and_the_other_worker_goes_on(de
             audit_model_store(registry, store, device_id)  # no torn pointer or version
     finally:
         store.close()
+
+
+def test_with_the_broker_down_a_launch_fails_with_one_clear_error_and_writes_nothing(
+        deployment, redis_control):
+    api = deployment.api
+    period = period_key_at(deployment.settings(), datetime.now(UTC))
+    device_id = FLEET[30]
+    before = [r["run_id"] for r in deployment.records() if r["device_id"] == device_id]
+    redis_control.stop()
+    try:
+        run_id = api.launch_run("retrain_job", {"dagster/partition": f"{device_id}|{period}"})
+        assert api.wait_for_runs([run_id], 120)[run_id] == "FAILURE"
+        record = wait_until(lambda: next((r for r in deployment.records()
+                                          if r["run_id"] == run_id), None), 60)
+    finally:
+        redis_control.start(deployment.root)
+    assert record is not None and record["status"] == "failed"
+    assert record["error"].startswith("the run could not be launched (")
+    assert "check CELERY_BROKER_URL and that the broker is up" in record["error"]
+    assert "\n" not in record["error"]
+    after = [r["run_id"] for r in deployment.records() if r["device_id"] == device_id]
+    assert after == [run_id, *before]  # that one failed record, nothing else
+    registry = ModelRegistry(deployment.root / "shared" / "models")
+    assert len(registry.list_versions(device_id)) == 1  # no version was made

@@ -106,3 +106,26 @@ def test_an_unreachable_lock_database_is_one_line_and_moves_nothing(tmp_path, po
         assert down.read_pointer(DEVICE) is None
     finally:
         postgres.start()
+
+
+def test_an_attempt_whose_lock_database_went_down_fails_in_one_line_and_keeps_the_pointer(
+        settings, store, postgres):
+    from solar_ml_pipeline.forecasting.attempt import retrain_device
+    from solar_ml_pipeline_tests.conftest import PERIOD_START, simulate_into
+
+    simulate_into(store, DEVICE, days=3)
+    registry = ModelRegistry(settings.model_dir, lock_url=postgres.url)
+    first = retrain_device(settings, store, registry, DEVICE, "2026-03-10", PERIOD_START,
+                           run_id="before", days=2)
+    assert first["status"] == "success"
+    pointer = registry.pointer_path(DEVICE).read_bytes()
+    postgres.stop()
+    try:
+        record = retrain_device(settings, store, registry, DEVICE, "2026-03-10", PERIOD_START,
+                                run_id="while-down", days=2)
+    finally:
+        postgres.start()
+    assert record["status"] == "failed" and "\n" not in record["error"]
+    assert "promotion lock in PostgreSQL" in record["error"]
+    assert registry.pointer_path(DEVICE).read_bytes() == pointer  # nothing moved
+    assert [r["run_id"] for r in store.list_runs(device_id=DEVICE).runs] == ["while-down", "before"]
