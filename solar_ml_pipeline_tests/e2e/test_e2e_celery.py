@@ -2,6 +2,10 @@
 Celery workers (two "hosts": separate processes, each with its own DAGSTER_HOME and the shared
 model folder mounted at its own path), Redis as the broker. Real servers on loopback.
 
+Every process is started from the README's deployment files: the commands of
+`deploy/systemd/*.service` and the environment of `deploy/solar-ml.env`, with this test's
+servers and folders filled in (readings and run log stay in SQLite: no MongoDB here).
+
 The tests run in file order on one deployment: a 40-device fleet discovered and retrained in
 batches on both workers, then a worker killed with SIGKILL in the middle of a batch.
 """
@@ -29,7 +33,6 @@ from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.conftest import CONFIG_VARIABLES, simulate_into
 from solar_ml_pipeline_tests.e2e.conftest import (
     free_port,
-    start_dagster_dev,
     stop_process_group,
     wait_until_serving,
 )
@@ -47,11 +50,33 @@ HOSTS = ("host_a", "host_b")
 MAX_RUNTIME_S = 45  # run monitoring gives up on a run whose worker died after this
 
 
+DEPLOY = Path(__file__).parents[2] / "deploy"
+TEST_OWN = ("DAGSTER_PG_URL", "CELERY_BROKER_URL", "DAGSTER_HOME", "MODEL_DIR", "SOLAR_ML_HOME",
+            "MONGODB_URI")
+
+
+def deploy_env() -> dict[str, str]:
+    """solar-ml.env without the values this test provides itself."""
+    pairs = (line.split("=", 1) for line in (DEPLOY / "solar-ml.env").read_text().splitlines()
+             if line.strip() and not line.startswith("#"))
+    return {key: value for key, value in pairs if key not in TEST_OWN}
+
+
+def unit_command(unit: str, instance: str = "") -> list[str]:
+    """A unit file's ExecStart, run from this interpreter's environment."""
+    line = next(line for line in (DEPLOY / "systemd" / unit).read_text().splitlines()
+                if line.startswith("ExecStart="))
+    command = line.removeprefix("ExecStart=").replace("%i", instance).replace("%%", "%")
+    return [part.replace("/opt/solar-ml/.venv/bin", str(Path(sys.executable).parent))
+            for part in command.split()]
+
+
 class Deployment:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env = root, env
         self.workers: dict[str, subprocess.Popen] = {}
-        self.dev: subprocess.Popen | None = None
+        self.dev: subprocess.Popen | None = None  # the webserver
+        self.daemon: subprocess.Popen | None = None
         self.api: DagsterApi | None = None
 
     def host_env(self, host: str) -> dict[str, str]:
@@ -61,10 +86,8 @@ class Deployment:
     def start_worker(self, host: str) -> None:
         log = open(self.root / f"{host}.log", "ab")  # noqa: SIM115 - closed with the process
         self.workers[host] = subprocess.Popen(
-            [sys.executable, "-m", "solar_ml_pipeline.interfaces.cli", "worker",
-             "--concurrency", "1", "--name", f"{host}@%h"],
-            env=self.host_env(host), cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            unit_command("solar-ml-worker@.service", host), env=self.host_env(host),
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def settings(self, host: str = "daemon"):
         return settings_from_env(self.host_env(host))
@@ -101,10 +124,11 @@ def deployment(servers):
     if True:
         now = datetime.now(UTC)
         env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+        env.update(deploy_env())
         env.update({
             "SOLAR_ML_HOME": str(root / "shared"),  # readings and run log (MongoDB in production)
             "DAGSTER_PG_URL": postgres.url, "CELERY_BROKER_URL": redis.url,
-            "FLEET_BATCH_SIZE": "5", "MAX_CONCURRENT_RUNS": "2", "RETRAIN_ENABLED": "false",
+            "FLEET_BATCH_SIZE": "5", "RETRAIN_ENABLED": "false",  # test-sized
             "RETRAIN_DAYS": "2", "TIMEZONE": "UTC", "MODEL_TYPE": "hist_gradient_boosting",
             "PERIODS_START": (now - timedelta(days=30)).date().isoformat(),
             "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost",
@@ -128,12 +152,19 @@ def deployment(servers):
         port = free_port()
         deployment.api = DagsterApi(f"http://127.0.0.1:{port}")
         log_path = root / "dagster_dev.log"
-        deployment.dev = start_dagster_dev({**deployment.host_env("daemon")}, port, root, log_path)
+        webserver = [part.replace("0.0.0.0", "127.0.0.1").replace("3000", str(port))
+                     for part in unit_command("solar-ml-webserver.service")]
+        with open(log_path, "ab") as log:
+            deployment.daemon, deployment.dev = (
+                subprocess.Popen(command, env=deployment.host_env("daemon"), cwd=root,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                for command in (unit_command("solar-ml-daemon.service"), webserver))
         try:
             wait_until_serving(deployment.api, deployment.dev, log_path)
             yield deployment
         finally:
             stop_process_group(deployment.dev)
+            stop_process_group(deployment.daemon)
             for process in deployment.workers.values():
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
