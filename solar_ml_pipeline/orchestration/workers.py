@@ -37,7 +37,7 @@ def build_app(settings: Settings):  # noqa: ANN201 - a celery.Celery, imported l
     @worker_process_init.connect(weak=False)
     def warm_up(**_: object) -> None:
         """Each pool process imports the heavy modules once, before its first run."""
-        import solar_ml_pipeline.orchestration.definitions  # noqa: F401
+        import solar_ml_pipeline.orchestration.definitions  # noqa: F401 - imported to warm it
 
     return app
 
