@@ -72,7 +72,7 @@ class Settings:
     alert_webhook_url: str | None = None
     dagster_webserver_url: str | None = None
     max_concurrent_runs: int = 2
-    fleet_batch_size: int = 25
+    fleet_batch_size: int = 50
     dagster_pg_url: str | None = field(default=None, repr=False)
     celery_broker_url: str | None = field(default=None, repr=False)
     celery_backend_url: str | None = field(default=None, repr=False)
@@ -268,7 +268,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
         dagster_webserver_url=_http_url(env, "DAGSTER_WEBSERVER_URL"),
         max_concurrent_runs=_int(env, "MAX_CONCURRENT_RUNS", 2, 1, "a whole number, at least 1"),
-        fleet_batch_size=_int(env, "FLEET_BATCH_SIZE", 25, 1,
+        fleet_batch_size=_int(env, "FLEET_BATCH_SIZE", 50, 1,
                               "a whole number of devices per run, at least 1"),
         dagster_pg_url=_service_url(env, "DAGSTER_PG_URL", ("postgresql", "postgres"),
                                     "to keep the Dagster instance in SQLite under DAGSTER_HOME"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -340,6 +340,7 @@ def run_attempt(settings: Settings, store: Store, registry: ModelRegistry, attem
     store rather than kept. `train` makes a new version; `decide` judges it, or without
     `train` the newest version stored for the partition.
     """
+    attempt = replace(attempt, started_at=time.time())  # its own duration, not its batch's
     result = AttemptResult(attempt)
     step = READ
     try:

@@ -78,6 +78,7 @@ def test_one_failing_device_fails_only_itself_and_the_run_names_it(fleet, store)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(DEVICE_DIMENSION, devices)
         result = _run_batch(settings, instance, devices)
+        stats = instance.get_run_stats(result.run_id)
         assert not result.success
         failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
         assert failure.description.startswith("1 of 3 devices failed (tracker02: No data found")
@@ -98,6 +99,8 @@ def test_one_failing_device_fails_only_itself_and_the_run_names_it(fleet, store)
     for device_id, record in by_device.items():
         assert record["run_id"] == attempt_id(result.run_id, device_id, PERIOD, batch=True)
         assert record["dagster_run_id"] == result.run_id
+    # each attempt's own duration, not the batch's so far
+    assert sum(r["duration_s"] for r in runs) <= stats.end_time - stats.start_time
     for device_id in ("tracker01", "tracker03"):  # each its own version and promotion
         pointer = json.loads((settings.model_dir / device_id / "current_model.json").read_text())
         assert pointer["version"] == by_device[device_id]["version"]
