@@ -36,7 +36,7 @@ _ISOLATED_VARIABLES = (
     "COLLECTION_DEVICES", "SOLAR_ML_HOME", "MODEL_DIR", "DAGSTER_HOME", "RETRAIN_ENABLED",
     "RETRAIN_DAYS", "RETRAIN_INTERVAL_HOURS", "RETRAIN_TIME", "TIMEZONE", "PERIODS_START",
     "MAE_THRESHOLD_PERCENT", "HORIZON_MINUTES", "MODEL_TYPE", "FEATURE_SET",
-    "MIN_TRAINING_ROWS", "KEEP_VERSIONS", "MAX_CONCURRENT_RUNS",
+    "MIN_TRAINING_ROWS", "KEEP_VERSIONS", "MAX_CONCURRENT_RUNS", "FLEET_BATCH_SIZE",
 )
 
 
@@ -86,12 +86,13 @@ def settings_here(**overrides: Any) -> Any:
 
 
 def seed_readings(store: Any, device_id: str, days: float, *, seed: int = 0,
-                  cutoff: datetime = CUTOFF) -> int:
-    """`days` of 1-minute simulated readings ending at `cutoff`, written through the store."""
+                  cutoff: datetime = CUTOFF, interval_minutes: float = 1) -> int:
+    """`days` of simulated readings (every `interval_minutes`, 1 unless told) ending at
+    `cutoff`, written through the store."""
     from solar_ml_pipeline.readings.simulator import readings_records, simulate_readings
 
     frame = simulate_readings(device_id, start=cutoff - timedelta(days=days), end=cutoff,
-                              interval_minutes=1, seed=seed)
+                              interval_minutes=interval_minutes, seed=seed)
     return store.write_readings(readings_records(frame))
 
 

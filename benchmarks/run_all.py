@@ -5,7 +5,7 @@ inherited from the previous one) with this interpreter. `--write-results` also r
 command's sections of benchmarks/RESULTS.md (between `<!-- bench:NAME -->` markers), leaving
 every other section of the file as it is.
 
-    python benchmarks/run_all.py                   # everything: 12-25 min on 2 cores
+    python benchmarks/run_all.py                   # everything: 20-30 min on 2 cores
     python benchmarks/run_all.py --quick           # smaller sizes, a smoke test
     python benchmarks/run_all.py --write-results   # and record the figures in RESULTS.md
     python benchmarks/run_all.py --only store_scale model_size
@@ -29,7 +29,8 @@ RESULTS = HERE / "RESULTS.md"
 # name -> (full arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "single_retrain": (["--profile"], ["--days", "7", "--repeats", "1", "--profile"]),
-    "fleet_throughput": ([], ["--devices", "4"]),
+    "fleet_throughput": ([], ["--sizes", "6", "--cron-devices", "3", "--tick-devices", "1000",
+                              "--direct-batch-sizes", ""]),
     "store_scale": ([], ["--devices", "10", "--repeats", "5"]),
     "model_size": ([], ["--days", "7", "--load-repeats", "1"]),
 }
