@@ -36,8 +36,14 @@ def build_app(settings: Settings):  # noqa: ANN201 - a celery.Celery, imported l
 
     @worker_process_init.connect(weak=False)
     def warm_up(**_: object) -> None:
-        """Each pool process imports the heavy modules once, before its first run."""
+        """Each pool process imports the heavy modules and opens the shared instance once,
+        before its first run (the PostgreSQL storage alone is some 600 modules)."""
+        import dagster as dg
+
         import solar_ml_pipeline.orchestration.definitions  # noqa: F401 - imported to warm it
+
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)
 
     return app
 
