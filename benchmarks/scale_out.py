@@ -52,10 +52,11 @@ from typing import Any
 import bench_support as bs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = REPO_ROOT / "deploy"
-BIN = Path(sys.executable).parent
 if str(REPO_ROOT) not in sys.path:  # the throwaway servers come from the test suite's helpers
     sys.path.insert(1, str(REPO_ROOT))
+
+from solar_ml_pipeline_tests.deployment import deploy_env, unit_command  # noqa: E402 - after the path
+
 # Set by this benchmark for each side, never taken from deploy/solar-ml.env or the caller.
 OWN_VARIABLES = ("DAGSTER_PG_URL", "CELERY_BROKER_URL", "CELERY_BACKEND_URL", "DAGSTER_HOME",
                  "MODEL_DIR", "SOLAR_ML_HOME", "MONGODB_URI", "FLEET_BATCH_SIZE",
@@ -68,21 +69,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the deployment files ---------------------------------------------------------------------
-
-
-def deploy_env() -> dict[str, str]:
-    """deploy/solar-ml.env without the values each side provides itself."""
-    pairs = (line.split("=", 1) for line in (DEPLOY / "solar-ml.env").read_text().splitlines()
-             if line.strip() and not line.startswith("#"))
-    return {key: value for key, value in pairs if key not in OWN_VARIABLES}
-
-
-def unit_command(unit: str, instance: str = "") -> list[str]:
-    """A unit file's ExecStart, with this interpreter's bin folder for /opt/solar-ml/.venv/bin."""
-    line = next(line for line in (DEPLOY / "systemd" / unit).read_text().splitlines()
-                if line.startswith("ExecStart="))
-    command = line.removeprefix("ExecStart=").replace("%i", instance).replace("%%", "%")
-    return [part.replace("/opt/solar-ml/.venv/bin", str(BIN)) for part in command.split()]
 
 
 def pinned(cpus: str | None, command: list[str]) -> list[str]:
@@ -312,7 +298,7 @@ def side_environment(side: Side, root: Path, servers: Servers, db_index: int,
 
     env = {k: v for k, v in os.environ.items()
            if k not in CONFIG_VARIABLES and k not in OWN_VARIABLES}
-    env.update(deploy_env())
+    env.update(deploy_env(OWN_VARIABLES))
     retrain_at = now - timedelta(hours=6)  # the current period began 6 h ago, ends in 18 h
     env.update({
         "SOLAR_ML_HOME": str(root / "home"),  # readings and run log (MongoDB in production)

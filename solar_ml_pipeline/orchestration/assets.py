@@ -23,15 +23,14 @@ from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.forecasting import attempt as steps
 from solar_ml_pipeline.forecasting.training import threads_per_run
 from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK
-from solar_ml_pipeline.orchestration.batches import done_in_earlier_runs, split_key
-from solar_ml_pipeline.orchestration.failures import ASSET_NAMES, RETRAIN_OP, days_from_run_config
+from solar_ml_pipeline.orchestration.batches import ASSET_NAMES, run_attempts
+from solar_ml_pipeline.orchestration.failures import RETRAIN_OP
 from solar_ml_pipeline.orchestration.partitions import period_bounds, retrain_partitions
 from solar_ml_pipeline.orchestration.resources import (
     ModelStoreResource,
     RetrainPolicy,
     StoreResource,
 )
-from solar_ml_pipeline.storage.run_records import attempt_id
 
 GROUP = "retraining"
 OWNERS = ["team:solar-ml"]
@@ -75,18 +74,12 @@ class Batch:
            days: int | None) -> "Batch":
         keys = [str(key) for key in context.partition_keys]
         selected_keys = set(context.selected_asset_keys)
-        done = done_in_earlier_runs(context.instance, context.run, selected_keys)
-        days = days or days_from_run_config(context.run.run_config) or policy.retrain_days
-        attempts = []
-        for key in keys:
-            if key in done:
-                continue
-            device_id, period_key = split_key(key)
-            attempts.append(steps.Attempt(
-                run_id=attempt_id(context.run_id, device_id, period_key, batch=len(keys) > 1),
-                device_id=device_id, period_key=period_key,
-                cutoff=period_bounds(settings, period_key)[0], days=days,
-                dagster_run_id=context.run_id))
+        attempts = [
+            steps.Attempt(run_id=planned.attempt_id, device_id=planned.device_id,
+                          period_key=planned.period_key,
+                          cutoff=period_bounds(settings, planned.period_key)[0],
+                          days=days or policy.retrain_days, dagster_run_id=context.run_id)
+            for planned in run_attempts(context.instance, context.run, keys, selected_keys)]
         return cls(attempts, {k.to_user_string() for k in selected_keys},
                    {k.name for k in context.selected_asset_check_keys}, len(keys) - len(attempts))
 
@@ -146,12 +139,13 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if batch.skipped:
             context.log.info(f"{batch.skipped} device(s) already retrained by the failed run")
         failed = []
+        run_log, registry, plain = store.open(), models.registry(), policy.plain()
+        threads = threads_per_run(settings.max_concurrent_runs)
         for attempt in batch.attempts:
             result = steps.run_attempt(
-                settings, store.open(), models.registry(), attempt, policy.plain(),
+                settings, run_log, registry, attempt, plain,
                 featurise=bool(batch.selected - {RAW}), train=MODEL in batch.selected,
-                decide=DECISION in batch.selected,
-                threads=threads_per_run(settings.max_concurrent_runs))
+                decide=DECISION in batch.selected, threads=threads)
             yield from _device_events(result, batch, settings, policy)
             if not result.ok:
                 failed.append(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
@@ -20,10 +21,21 @@ from solar_ml_pipeline.orchestration.partitions import (
     PERIOD_DIMENSION,
     partition_key,
 )
+from solar_ml_pipeline.storage.run_records import attempt_id
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
+ASSET_NAMES = ("raw_readings", "feature_frame", "model_version", "promotion_decision")
+
+
+@dataclass(frozen=True)
+class PlannedAttempt:
+    """One device x period attempt of a run, under the id the run log keys it by."""
+
+    attempt_id: str
+    device_id: str
+    period_key: str
 
 
 def device_batches(devices: Sequence[str], batch_size: int,
@@ -104,3 +116,24 @@ def done_in_earlier_runs(instance: dg.DagsterInstance, run: dg.DagsterRun,
         parent = instance.get_run_by_id(run_id)
         run_id = parent.parent_run_id if parent else None
     return {key for key, materialised in done.items() if asset_keys <= materialised}
+
+
+def run_asset_keys(run: dg.DagsterRun) -> set[dg.AssetKey]:
+    """The retraining assets a run makes: its selection, or all four."""
+    return set(run.asset_selection or ()) or {dg.AssetKey(name) for name in ASSET_NAMES}
+
+
+def run_attempts(instance: dg.DagsterInstance, run: dg.DagsterRun, keys: Sequence[str],
+                 asset_keys: set[dg.AssetKey]) -> list[PlannedAttempt]:
+    """The attempts a run makes over `keys`: all but those an earlier run of its retry chain
+    finished. The step, the failure sensor and the CLI retry name them the same way."""
+    done = done_in_earlier_runs(instance, run, asset_keys)
+    attempts = []
+    for key in keys:
+        if key in done:
+            continue
+        device_id, period_key = split_key(key)
+        attempts.append(PlannedAttempt(
+            attempt_id(run.run_id, device_id, period_key, batch=len(keys) > 1),
+            device_id, period_key))
+    return attempts

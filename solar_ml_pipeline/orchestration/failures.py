@@ -15,9 +15,9 @@ import dagster as dg
 
 from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.orchestration.batches import (
-    done_in_earlier_runs,
+    run_asset_keys,
+    run_attempts,
     run_partition_keys,
-    split_key,
 )
 from solar_ml_pipeline.orchestration.partitions import (
     InvalidPeriod,
@@ -27,14 +27,12 @@ from solar_ml_pipeline.orchestration.partitions import (
 from solar_ml_pipeline.storage.base import RunLog
 from solar_ml_pipeline.storage.run_records import (
     STATUS_FAILED,
-    attempt_id,
     base_record,
     one_line,
     write_failure,
 )
 
 RETRAIN_OP = "retrain"  # the multi-asset step that retrains a run's devices
-ASSET_NAMES = ("raw_readings", "feature_frame", "model_version", "promotion_decision")
 DEVICE_TAG = "dagster/partition/device"
 PERIOD_TAG = "dagster/partition/period"
 
@@ -67,21 +65,15 @@ def record_failed_run(run_log: RunLog, settings: Settings, instance: dg.DagsterI
     Devices an earlier run of the retry chain already retrained are not this run's attempts.
     """
     keys = run_partition_keys(run, retrain_partitions(settings), instance)
-    selection = set(run.asset_selection or ()) or {dg.AssetKey(name) for name in ASSET_NAMES}
-    done = done_in_earlier_runs(instance, run, selection)
     failed = []
-    for key in keys:
-        if key in done:
-            continue
-        device_id, period_key = split_key(key)
-        run_id = attempt_id(run.run_id, device_id, period_key, batch=len(keys) > 1)
-        record_failed_attempt(run_log, settings, run_id=run_id, device_id=device_id,
-                              period_key=period_key, days=days_from_run_config(run.run_config),
-                              message=message, duration_s=duration_s,
-                              dagster_run_id=run.run_id)
-        record = run_log.get_run(run_id)
+    for attempt in run_attempts(instance, run, keys, run_asset_keys(run)):
+        record_failed_attempt(run_log, settings, run_id=attempt.attempt_id,
+                              device_id=attempt.device_id, period_key=attempt.period_key,
+                              days=days_from_run_config(run.run_config), message=message,
+                              duration_s=duration_s, dagster_run_id=run.run_id)
+        record = run_log.get_run(attempt.attempt_id)
         if record is not None and record.get("status") == STATUS_FAILED:
-            failed.append(device_id)
+            failed.append(attempt.device_id)
     return failed
 
 

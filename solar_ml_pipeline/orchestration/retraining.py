@@ -17,12 +17,11 @@ from dagster._core.storage.tags import RESUME_RETRY_TAG, TAGS_TO_MAYBE_OMIT_ON_R
 
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.orchestration.batches import (
-    done_in_earlier_runs,
+    run_asset_keys,
+    run_attempts,
     run_partition_keys,
-    split_key,
 )
 from solar_ml_pipeline.orchestration.failures import (
-    ASSET_NAMES,
     RETRAIN_OP,
     failure_message,
     record_failed_attempt,
@@ -36,7 +35,7 @@ from solar_ml_pipeline.orchestration.partitions import (
     period_key_at,
     retrain_partitions,
 )
-from solar_ml_pipeline.storage.run_records import attempt_id, one_line, utc_now
+from solar_ml_pipeline.storage.run_records import one_line, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +190,5 @@ def retry_failed_in_foreground(settings: Settings, run_id: str, *,
         )
         retry = instance.get_run_by_id(result.run_id)
         keys = run_partition_keys(retry, retrain_partitions(settings), instance)
-        done = done_in_earlier_runs(instance, retry, set(retry.asset_selection or ()) or
-                                    {dg.AssetKey(name) for name in ASSET_NAMES})
-    attempts = [attempt_id(result.run_id, *split_key(key), batch=len(keys) > 1)
-                for key in keys if key not in done]
-    return result.run_id, attempts
+        attempts = run_attempts(instance, retry, keys, run_asset_keys(retry))
+    return result.run_id, [attempt.attempt_id for attempt in attempts]

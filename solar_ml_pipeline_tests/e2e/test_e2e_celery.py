@@ -16,7 +16,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from solar_ml_pipeline.orchestration.partitions import period_key_at
 from solar_ml_pipeline.orchestration.workers import build_app
 from solar_ml_pipeline.storage import open_store
 from solar_ml_pipeline_tests.conftest import CONFIG_VARIABLES, simulate_into
+from solar_ml_pipeline_tests.deployment import deploy_env, unit_command
 from solar_ml_pipeline_tests.e2e.conftest import (
     free_port,
     stop_process_group,
@@ -50,25 +50,8 @@ HOSTS = ("host_a", "host_b")
 MAX_RUNTIME_S = 45  # run monitoring gives up on a run whose worker died after this
 
 
-DEPLOY = Path(__file__).parents[2] / "deploy"
 TEST_OWN = ("DAGSTER_PG_URL", "CELERY_BROKER_URL", "DAGSTER_HOME", "MODEL_DIR", "SOLAR_ML_HOME",
             "MONGODB_URI")
-
-
-def deploy_env() -> dict[str, str]:
-    """solar-ml.env without the values this test provides itself."""
-    pairs = (line.split("=", 1) for line in (DEPLOY / "solar-ml.env").read_text().splitlines()
-             if line.strip() and not line.startswith("#"))
-    return {key: value for key, value in pairs if key not in TEST_OWN}
-
-
-def unit_command(unit: str, instance: str = "") -> list[str]:
-    """A unit file's ExecStart, run from this interpreter's environment."""
-    line = next(line for line in (DEPLOY / "systemd" / unit).read_text().splitlines()
-                if line.startswith("ExecStart="))
-    command = line.removeprefix("ExecStart=").replace("%i", instance).replace("%%", "%")
-    return [part.replace("/opt/solar-ml/.venv/bin", str(Path(sys.executable).parent))
-            for part in command.split()]
 
 
 class Deployment:
@@ -124,7 +107,7 @@ def deployment(servers):
     if True:
         now = datetime.now(UTC)
         env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
-        env.update(deploy_env())
+        env.update(deploy_env(TEST_OWN))
         env.update({
             "SOLAR_ML_HOME": str(root / "shared"),  # readings and run log (MongoDB in production)
             "DAGSTER_PG_URL": postgres.url, "CELERY_BROKER_URL": redis.url,

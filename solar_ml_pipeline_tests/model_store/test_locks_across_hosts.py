@@ -67,20 +67,24 @@ def test_two_hosts_promoting_the_same_device_never_lose_an_update(tmp_path, post
     assert all(m["previous"] == m["before"] for m in moves)
 
 
-def _hold_forever(model_dir: str, lock_url: str) -> None:
+def _hold_forever(model_dir: str, lock_url: str, held: str) -> None:
     import fcntl
+    from pathlib import Path
 
     fcntl.flock = lambda *args: None
     with ModelRegistry(model_dir, lock_url=lock_url).device_lock(DEVICE):
+        Path(held).touch()
         time.sleep(300)
 
 
 def test_a_host_that_dies_holding_the_lock_frees_it(tmp_path, postgres):
     holder = multiprocessing.get_context("spawn").Process(
-        target=_hold_forever, args=(str(tmp_path), postgres.url))
+        target=_hold_forever, args=(str(tmp_path), postgres.url, str(tmp_path / "held")))
     holder.start()
     registry = ModelRegistry(tmp_path / "elsewhere", lock_url=postgres.url)
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "held").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the other host holds the lock
     with pytest.raises(LockTimeout, match="locked by a retrain, rollback or prune on another host"):
         with registry.device_lock(DEVICE, timeout_s=0.5):
             pass
