@@ -268,11 +268,12 @@ def decide_and_record(store: Store, registry: ModelRegistry, attempt: Attempt,
         new_pointer = pointer
         try:
             if decision.promoted:
-                new_pointer = registry.set_pointer(device_id, stored.version)
+                new_pointer = registry.set_pointer(device_id, stored.version,
+                                                   run_id=attempt.run_id)
             elif decision.to_fallback:
                 new_pointer = registry.set_fallback(
                     device_id, reason=decision.reason, challenger_version=stored.version,
-                    cutoff=stored.meta["cutoff"],
+                    cutoff=stored.meta["cutoff"], run_id=attempt.run_id,
                     figures={"daylight_mae": challenger.gate_mae,
                              "daylight_persistence_mae": challenger.persistence_mae,
                              "champion_daylight_mae": record["champion_daylight_mae"]})

@@ -159,6 +159,11 @@ def create_app(settings: Settings) -> FastAPI:
         """The pointer of the device: `model_exists` false when it has no model yet."""
         return _json(operations.current_model(settings, device_id))
 
+    @app.get("/api/ml/model/history", tags=["models"])
+    def model_history(device_id: str) -> JSONResponse:
+        """Who served the device when: every pointer move, newest first."""
+        return _json(operations.model_history(settings, device_id))
+
     @app.get("/api/ml/predict", tags=["models"])
     def predict(device_id: str) -> JSONResponse:
         """Power forecast HORIZON_MINUTES after the device's newest reading."""

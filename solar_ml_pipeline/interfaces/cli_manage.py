@@ -137,6 +137,25 @@ def format_versions(listing: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_model_history(args: argparse.Namespace, settings: Settings) -> int:
+    history = operations.model_history(settings, args.device)
+    emit(args, history, lambda: format_history(history))
+    return EXIT_OK
+
+
+def format_history(history: dict[str, Any]) -> str:
+    if not history["moves"]:
+        return (f"device {history['device_id']} has no pointer history: nothing has served it "
+                f"yet (train one with `solar-ml retrain --device {history['device_id']}`)")
+    lines = [f"{'at':<28} {'move':<11} {'serving':<28} {'replaced':<24} run_id / reason"]
+    for move in history["moves"]:
+        serving = move["version"] or move["serving"]
+        why = " ".join(str(part) for part in (move.get("run_id"), move.get("reason")) if part)
+        lines.append(f"{move['at']:<28} {move['move']:<11} {serving:<28} "
+                     f"{move.get('replaced') or '-':<24} {why}")
+    return "\n".join(lines)
+
+
 def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
     result = with_store(settings, lambda store: operations.rollback_model(
         settings, store, args.device, args.to))
@@ -232,6 +251,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--device", required=True)
     add_json_flag(p)
     p.set_defaults(handler=cmd_model_list)
+
+    p = model_sub.add_parser(
+        "history", help="who served the device when: every promotion, rollback, fallback and "
+                        "drift, newest first")
+    p.add_argument("--device", required=True)
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_model_history)
 
     p = model_sub.add_parser(
         "rollback", help="serve the previous version again (twice in a row rolls forward; "

@@ -180,6 +180,15 @@ def current_model(settings: Settings, device_id: str) -> dict[str, Any]:
     return json_ready(shown)
 
 
+def model_history(settings: Settings, device_id: str) -> dict[str, Any]:
+    """Who served the device when: every pointer move, newest first, each with its time,
+    what it put in service, what it replaced, why, and the run that made it."""
+    validate_device_id(device_id)
+    moves = registry_for(settings).pointer_history(device_id)
+    return json_ready({"device_id": device_id, "total": len(moves),
+                       "moves": list(reversed(moves))})
+
+
 def list_models(settings: Settings, device_id: str) -> dict[str, Any]:
     """Every complete version of a device, newest first, marking current and previous."""
     validate_device_id(device_id)
@@ -218,13 +227,14 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def rollback_record(settings: Settings, device_id: str, pointer: Mapping[str, Any],
-                    meta: Mapping[str, Any], replaced: str | None) -> dict[str, Any]:
+                    meta: Mapping[str, Any], replaced: str | None,
+                    run_id: str) -> dict[str, Any]:
     """The run-log entry of a rollback: who serves now, with that version's own metrics.
 
     `replaced`: what served before (a version, or SERVING_FALLBACK)."""
     metrics = pointer.get("metrics") or {}
     record = base_record(
-        run_id=str(uuid.uuid4()), device_id=device_id, partition_key=None, period=None,
+        run_id=run_id, device_id=device_id, partition_key=None, period=None,
         window_start=_parse_time(meta.get("window_start")),
         window_end=_parse_time(meta.get("window_end")),
         days_used=meta.get("days_used"),
@@ -265,10 +275,12 @@ def rollback_model(settings: Settings, store: Store, device_id: str,
             before = registry.read_pointer(device_id)
         except ModelStoreError:
             before = None  # a corrupt pointer: rollback(to=...) repairs it, or says why not
-        pointer = registry.rollback(device_id, to)
+        run_id = str(uuid.uuid4())
+        pointer = registry.rollback(device_id, to, run_id=run_id)
         replaced = SERVING_FALLBACK if is_fallback(before) else pointer.get("previous_version")
         record = rollback_record(settings, device_id, pointer,
-                                 registry.read_meta(device_id, pointer["version"]), replaced)
+                                 registry.read_meta(device_id, pointer["version"]), replaced,
+                                 run_id)
         try:
             store.upsert_run(record)
         except Exception as exc:

@@ -5,6 +5,7 @@ pointer validated as read_pointer would validate it, so a move never leaves a ba
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,15 @@ from solar_ml_pipeline.model_store.errors import (
     NoPreviousVersion,
 )
 from solar_ml_pipeline.model_store.files import atomic_write_json, json_bytes
+from solar_ml_pipeline.model_store.history import (
+    MOVE_FALLBACK,
+    MOVE_PROMOTION,
+    MOVE_RESTORE,
+    MOVE_ROLLBACK,
+    PointerHistory,
+    entry_for,
+    serving_label,
+)
 from solar_ml_pipeline.model_store.layout import validate_version
 from solar_ml_pipeline.model_store.locks import DeviceLocks
 from solar_ml_pipeline.model_store.pointer import (
@@ -23,7 +33,6 @@ from solar_ml_pipeline.model_store.pointer import (
     POINTER_COPIED_FIELDS,
     SERVING_FALLBACK,
     SERVING_MODEL,
-    PointerStore,
     is_fallback,
     pointer_metrics,
     previous_after,
@@ -31,26 +40,46 @@ from solar_ml_pipeline.model_store.pointer import (
 from solar_ml_pipeline.model_store.versions import VersionStore
 
 
-def _utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class PointerMoves(DeviceLocks, PointerStore, VersionStore):
-    """Every way the pointer moves; each write goes through `_store_pointer`."""
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def _store_pointer(self, device_id: str, pointer: dict[str, Any]) -> dict[str, Any]:
-        """Every pointer write: under the lock, validated as read_pointer would, atomic."""
+
+class PointerMoves(DeviceLocks, PointerHistory, VersionStore):
+    """Every way the pointer moves; each write goes through `_store_pointer`, which also
+    appends the move to the device's history."""
+
+    # When a move happens (`updated_at`, the history's `at`); a replay of past periods (the
+    # backtest benchmark) sets it to the period's cutoff.
+    clock: Callable[[], datetime] = staticmethod(_utc_now)
+
+    def _now_iso(self) -> str:
+        return _iso(self.clock())
+
+    def _store_pointer(self, device_id: str, pointer: dict[str, Any], *, move: str,
+                       run_id: str | None, at: str | None = None) -> dict[str, Any]:
+        """Every pointer write: under the lock, validated as read_pointer would, atomic, then
+        one history line (after the pointer: see history.py for a crash between the two)."""
         if not self.holds_lock(device_id):
             raise RuntimeError("the pointer may only move under device_lock")
         stored = json.loads(json_bytes(pointer))
         problem = self._pointer_problem(device_id, stored)
         if problem:
             raise CorruptPointer(f"refusing to write a pointer for {device_id} that {problem}")
+        try:
+            replaced = serving_label(self.read_pointer(device_id))
+        except CorruptPointer:
+            replaced = None
         atomic_write_json(self.pointer_path(device_id), pointer)
+        self._append_history(device_id, entry_for(stored, move, replaced, run_id, at=at))
         return stored
 
     def _write_pointer(
-        self, device_id: str, meta: dict[str, Any], previous: str | None, reason: str | None
+        self, device_id: str, meta: dict[str, Any], previous: str | None, reason: str | None,
+        *, move: str, run_id: str | None,
     ) -> dict[str, Any]:
         version = meta["version"]
         pointer: dict[str, Any] = {
@@ -59,7 +88,7 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
             "model_path": self.relative(self.model_path(device_id, version)),
             "metadata_path": self.relative(self.metadata_path(device_id, version)),
             "version": version,
-            "updated_at": _utc_now_iso(),
+            "updated_at": self._now_iso(),
             "metrics": pointer_metrics(meta),
             "sha256": meta["sha256"],
             "previous_version": previous,
@@ -69,11 +98,12 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
                 pointer[name] = meta[name]
         if reason is not None:
             pointer["reason"] = reason
-        return self._store_pointer(device_id, pointer)
+        return self._store_pointer(device_id, pointer, move=move, run_id=run_id)
 
     def set_fallback(
         self, device_id: str, *, reason: str, challenger_version: str | None = None,
         cutoff: str | None = None, figures: dict[str, float | None] | None = None,
+        move: str = MOVE_FALLBACK, run_id: str | None = None,
     ) -> dict[str, Any]:
         """Say the device is served by smart persistence: no model of it beats persistence.
 
@@ -92,13 +122,13 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
             "serving": SERVING_FALLBACK,
             "version": None,
             "reason": reason,
-            "updated_at": _utc_now_iso(),
+            "updated_at": self._now_iso(),
             "previous_version": previous,
             "challenger_version": challenger_version,
             "cutoff": cutoff,
             **{name: known.get(name) for name in FALLBACK_FIGURES},
         }
-        return self._store_pointer(device_id, pointer)
+        return self._store_pointer(device_id, pointer, move=move, run_id=run_id)
 
     def restore_pointer(self, device_id: str, pointer: dict[str, Any]) -> dict[str, Any]:
         """Put back a pointer read earlier (either kind), e.g. to undo a move the run log
@@ -107,10 +137,13 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
         with self.device_lock(device_id):
             if not is_fallback(pointer):
                 self.verify_version(device_id, validate_version(pointer.get("version")))
-            return self._store_pointer(device_id, pointer)
+            # The pointer as it was; its history line is dated now, after the undone move.
+            return self._store_pointer(device_id, pointer, move=MOVE_RESTORE, run_id=None,
+                                       at=self._now_iso())
 
     def set_pointer(
-        self, device_id: str, version: str, *, reason: str | None = None
+        self, device_id: str, version: str, *, reason: str | None = None,
+        move: str = MOVE_PROMOTION, run_id: str | None = None,
     ) -> dict[str, Any]:
         """Point the device at a verified version; the replaced version becomes `previous`.
 
@@ -122,14 +155,16 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
             raise RuntimeError("set_pointer needs device_lock held: use promote, or take the lock")
         meta = self.verify_version(device_id, version)
         previous = previous_after(self.read_pointer(device_id), version)
-        return self._write_pointer(device_id, meta, previous, reason)
+        return self._write_pointer(device_id, meta, previous, reason, move=move, run_id=run_id)
 
-    def promote(self, device_id: str, version: str, *, reason: str | None = None) -> dict[str, Any]:
+    def promote(self, device_id: str, version: str, *, reason: str | None = None,
+                run_id: str | None = None) -> dict[str, Any]:
         """`set_pointer` under the device lock (reentrant: fine if the caller holds it)."""
         with self.device_lock(device_id):
-            return self.set_pointer(device_id, version, reason=reason)
+            return self.set_pointer(device_id, version, reason=reason, run_id=run_id)
 
-    def rollback(self, device_id: str, to: str | None = None) -> dict[str, Any]:
+    def rollback(self, device_id: str, to: str | None = None, *,
+                 run_id: str | None = None) -> dict[str, Any]:
         """Move the pointer back (to `previous_version` or `to`); twice in a row rolls forward.
 
         With `to`, a corrupt pointer is replaced, which is how one is repaired. From a
@@ -169,4 +204,5 @@ class PointerMoves(DeviceLocks, PointerStore, VersionStore):
                 )
             meta = self.verify_version(device_id, target)
             previous = previous_after(current, target)
-            return self._write_pointer(device_id, meta, previous, f"rollback to {target}")
+            return self._write_pointer(device_id, meta, previous, f"rollback to {target}",
+                                       move=MOVE_ROLLBACK, run_id=run_id)

@@ -28,6 +28,17 @@ from solar_ml_pipeline.model_store.files import (
     json_bytes,
     sha256_hex,
 )
+from solar_ml_pipeline.model_store.history import (
+    HISTORY_NAME,
+    MOVE_DRIFT,
+    MOVE_FALLBACK,
+    MOVE_PROMOTION,
+    MOVE_RESTORE,
+    MOVE_ROLLBACK,
+    MOVE_UNRECORDED,
+    MOVES,
+    served_at,
+)
 from solar_ml_pipeline.model_store.layout import VERSION_PATTERN, VERSIONS_DIR, validate_version
 from solar_ml_pipeline.model_store.locks import DEFAULT_LOCK_TIMEOUT_S, LOCK_NAME
 from solar_ml_pipeline.model_store.moves import PointerMoves
@@ -58,13 +69,15 @@ class ModelRegistry(PointerMoves, Retention):
     """Versioned model files and current-model pointers under one MODEL_DIR.
 
     Paths (layout.StoreLayout), versions (versions.VersionStore), the pointer
-    (pointer.PointerStore), locks (locks.DeviceLocks), pointer moves (moves.PointerMoves) and
-    retention (retention.Retention).
+    (pointer.PointerStore), locks (locks.DeviceLocks), pointer moves (moves.PointerMoves), the
+    pointer's history (history.PointerHistory) and retention (retention.Retention).
     """
 
 
 __all__ = [
-    "CORE_METRICS", "DEFAULT_LOCK_TIMEOUT_S", "FALLBACK_FIGURES", "LOCK_NAME",
+    "CORE_METRICS", "DEFAULT_LOCK_TIMEOUT_S", "FALLBACK_FIGURES", "HISTORY_NAME", "LOCK_NAME",
+    "MOVES", "MOVE_DRIFT", "MOVE_FALLBACK", "MOVE_PROMOTION", "MOVE_RESTORE", "MOVE_ROLLBACK",
+    "MOVE_UNRECORDED", "served_at",
     "MODEL_POINTER_FIELDS", "MOVED_MODULES", "PICKLE_PROTOCOL", "POINTER_COPIED_FIELDS",
     "POINTER_NAME", "SERVING_FALLBACK", "SERVING_KINDS", "SERVING_MODEL", "SHA256_PATTERN",
     "STALE_AGE_S", "TEMP_PREFIX", "VERSIONS_DIR", "VERSION_PATTERN",

@@ -130,6 +130,10 @@ def test_foreground_retrain_waits_and_returns_the_run_record(foreground_retrain,
     current = client.get("/api/ml/model/current", params={"device_id": "t1"}).json()
     assert current["model_exists"] is True and current["version"] == record["version"]
     assert {"mae", "rmse", "r2"} <= set(current["metrics"])
+    history = client.get("/api/ml/model/history", params={"device_id": "t1"}).json()
+    newest = history["moves"][0]
+    assert (newest["move"], newest["version"], newest["run_id"]) == (
+        "promotion", record["version"], record["run_id"])
 
 
 def test_background_retrain_is_queued_for_the_daemon(client, settings_with_token):

@@ -404,3 +404,19 @@ def test_dry_run_reports_too_few_rows_and_a_missing_store_without_creating_it(se
     short = operations.retrain_dry_run(settings, store, request)
     assert short["ready"] is False
     assert short["problem"].startswith("No data found for training: device t1, window")
+
+
+def test_history_names_every_move_newest_first_with_the_rollback_run_id(settings, store,
+                                                                        registry):
+    assert operations.model_history(settings, "t1") == {"device_id": "t1", "total": 0,
+                                                         "moves": []}
+    first = save_constant_version(registry, "t1", 3.0, 1)
+    second = save_constant_version(registry, "t1", 2.0, 2)
+    put_on_fallback(registry, "t1")
+    rolled = operations.rollback_model(settings, store, "t1")
+    history = operations.model_history(settings, "t1")
+    assert [(m["move"], m["version"], m["replaced"]) for m in history["moves"]] == [
+        ("rollback", second, "smart_persistence"), ("fallback", None, second),
+        ("promotion", second, first), ("promotion", first, None)]
+    assert history["moves"][0]["run_id"] == rolled["run_id"]
+    assert history["moves"][1]["reason"] == FALLBACK_REASON

@@ -366,7 +366,7 @@ def test_the_pointer_only_moves_under_the_device_lock(registry):
     _save(registry, 1)
     meta = registry.read_meta(DEVICE, _version(1))
     with pytest.raises(RuntimeError, match="device_lock"):
-        registry._write_pointer(DEVICE, meta, None, None)
+        registry._write_pointer(DEVICE, meta, None, None, move="promotion", run_id=None)
     with pytest.raises(RuntimeError, match="device_lock"):
         registry.set_pointer(DEVICE, _version(1))
     assert registry.read_pointer(DEVICE) is None
