@@ -73,6 +73,7 @@ class Settings:
     dagster_webserver_url: str | None = None
     max_concurrent_runs: int = 2
     fleet_batch_size: int = 50
+    drift_periods: int = 3
     dagster_pg_url: str | None = field(default=None, repr=False)
     celery_broker_url: str | None = field(default=None, repr=False)
     celery_backend_url: str | None = field(default=None, repr=False)
@@ -270,6 +271,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_concurrent_runs=_int(env, "MAX_CONCURRENT_RUNS", 2, 1, "a whole number, at least 1"),
         fleet_batch_size=_int(env, "FLEET_BATCH_SIZE", 50, 1,
                               "a whole number of devices per run, at least 1"),
+        drift_periods=_int(env, "DRIFT_PERIODS", 3, 1,
+                           "a whole number of scored periods, at least 1"),
         dagster_pg_url=_service_url(env, "DAGSTER_PG_URL", ("postgresql", "postgres"),
                                     "to keep the Dagster instance in SQLite under DAGSTER_HOME"),
         celery_broker_url=_service_url(env, "CELERY_BROKER_URL", ("redis", "rediss"),

@@ -267,6 +267,13 @@ def _target(readings: pd.DataFrame, horizon: timedelta, tolerance: timedelta) ->
     return matched[TARGET].to_numpy(dtype="float64")
 
 
+def target_power(readings: pd.DataFrame, horizon_minutes: int) -> np.ndarray:
+    """The realised power `horizon` after each reading (NaN where none is within the default
+    tolerance): what a forecast made at that reading is scored against."""
+    horizon = timedelta(minutes=horizon_minutes)
+    return _target(readings, horizon, default_tolerance(horizon_minutes))
+
+
 def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezone: str,
                         feature_set: str = "original", with_target: bool = True,
                         tolerance: timedelta | None = None,

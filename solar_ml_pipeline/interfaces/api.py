@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
+from solar_ml_pipeline.forecasting.backtest import BacktestUnavailable
 from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
 from solar_ml_pipeline.interfaces import operations
 from solar_ml_pipeline.model_store.registry import (
@@ -43,6 +44,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NoCurrentModel: 404,
     VersionNotFound: 404,
     PredictionUnavailable: 409,
+    BacktestUnavailable: 404,
     StoreUnavailable: 503,
     ModelStoreError: 500,
     operations.RetrainFailed: 500,
@@ -163,6 +165,20 @@ def create_app(settings: Settings) -> FastAPI:
     def model_history(device_id: str) -> JSONResponse:
         """Who served the device when: every pointer move, newest first."""
         return _json(operations.model_history(settings, device_id))
+
+    @app.get("/api/ml/scores", tags=["forecasts"])
+    def scores(device_id: str,
+               days: int = Query(default=operations.DEFAULT_SCORE_DAYS, ge=1,
+                                 le=operations.MAX_SCORE_DAYS)) -> JSONResponse:
+        """Realised scores of the device's periods that started in the last `days` days,
+        newest first: what served, MAE, RMSE and skill against both baselines."""
+        return _json(operations.list_scores(store, device_id, days=days))
+
+    @app.get("/api/ml/backtest", tags=["forecasts"])
+    def backtest_span(device_id: str, start: str, end: str) -> JSONResponse:
+        """Every reading of [start, end) forecast by what served it then, and the summary;
+        404 when the span has no readings or nothing served."""
+        return _json(operations.backtest_span(settings, store, device_id, start, end))
 
     @app.get("/api/ml/predict", tags=["models"])
     def predict(device_id: str) -> JSONResponse:

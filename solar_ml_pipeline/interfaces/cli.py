@@ -59,6 +59,7 @@ FAILURE_ERRORS = (
     ("solar_ml_pipeline.interfaces.operations", "UnknownRun"),
     ("solar_ml_pipeline.interfaces.operations", "RetrainFailed"),
     ("solar_ml_pipeline.forecasting.prediction", "PredictionUnavailable"),
+    ("solar_ml_pipeline.forecasting.backtest", "BacktestUnavailable"),
 )
 
 
@@ -360,7 +361,7 @@ def _demo_table(rows: list[dict[str, Any]], settings: Settings) -> str:
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from solar_ml_pipeline.interfaces import cli_devices, cli_manage
+    from solar_ml_pipeline.interfaces import cli_devices, cli_forecasts, cli_manage
     parser = Parser(prog="solar-ml", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_manage.add_commands(sub)
     cli_devices.add_commands(sub)
+    cli_forecasts.add_commands(sub)
 
     p = sub.add_parser("demo", help="simulate a demo fleet if the store is empty, retrain every device")
     p.add_argument("--devices", type=positive_int, default=3)

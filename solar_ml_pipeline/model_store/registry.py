@@ -39,6 +39,7 @@ from solar_ml_pipeline.model_store.history import (
     MOVES,
     served_at,
 )
+from solar_ml_pipeline.model_store.history import parse_time as parse_history_time
 from solar_ml_pipeline.model_store.layout import VERSION_PATTERN, VERSIONS_DIR, validate_version
 from solar_ml_pipeline.model_store.locks import DEFAULT_LOCK_TIMEOUT_S, LOCK_NAME
 from solar_ml_pipeline.model_store.moves import PointerMoves
@@ -77,7 +78,7 @@ class ModelRegistry(PointerMoves, Retention):
 __all__ = [
     "CORE_METRICS", "DEFAULT_LOCK_TIMEOUT_S", "FALLBACK_FIGURES", "HISTORY_NAME", "LOCK_NAME",
     "MOVES", "MOVE_DRIFT", "MOVE_FALLBACK", "MOVE_PROMOTION", "MOVE_RESTORE", "MOVE_ROLLBACK",
-    "MOVE_UNRECORDED", "served_at",
+    "MOVE_UNRECORDED", "parse_history_time", "served_at",
     "MODEL_POINTER_FIELDS", "MOVED_MODULES", "PICKLE_PROTOCOL", "POINTER_COPIED_FIELDS",
     "POINTER_NAME", "SERVING_FALLBACK", "SERVING_KINDS", "SERVING_MODEL", "SHA256_PATTERN",
     "STALE_AGE_S", "TEMP_PREFIX", "VERSIONS_DIR", "VERSION_PATTERN",

@@ -84,6 +84,18 @@ class RunLog(Protocol):
         """True when a record was deleted, False when none had that run_id."""
 
 
+class ScoreStore(Protocol):
+    """Realised forecast scores (`forecast_scores`), one per device and period: JSON-plain
+    records (times as ISO 8601 strings) keyed by (device_id, period); `period_start` orders."""
+
+    def upsert_score(self, record: Mapping[str, Any]) -> None:
+        """Create or replace the score of (record["device_id"], record["period"])."""
+
+    def list_scores(self, device_id: str, since: datetime | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        """The device's scores with period_start >= since, newest period first."""
+
+
 class SiteStore(Protocol):
     def set_site(self, device_id: str, site: Mapping[str, Any]) -> None:
         """Create or replace the device's site record (SITE_FIELDS, None where unknown)."""
@@ -93,7 +105,7 @@ class SiteStore(Protocol):
     def list_sites(self) -> list[dict[str, Any]]: ...
 
 
-class Store(ReadingStore, RunLog, SiteStore, Protocol):
+class Store(ReadingStore, RunLog, ScoreStore, SiteStore, Protocol):
     """Everything the pipeline needs from storage; `close()` releases connections."""
 
     def ping(self) -> None:

@@ -35,6 +35,7 @@ from solar_ml_pipeline.storage.records import (
     lenient_float,
     normalize_readings,
     normalize_run,
+    normalize_score,
     normalize_site,
     readings_frame,
     run_from_storage,
@@ -97,6 +98,7 @@ class MongoStore:
         readings_collection: str = "readings_raw",
         runs_collection: str = "model_runs",
         devices_collection: str = "devices",
+        scores_collection: str = "forecast_scores",
         location: str = "the configured server",
         secrets: Iterable[str] = (),
     ) -> None:
@@ -106,6 +108,7 @@ class MongoStore:
         self._readings = self._db[readings_collection]
         self._runs = self._db[runs_collection]
         self._devices = self._db[devices_collection]
+        self._scores = self._db[scores_collection]
         self.location = location
         self._secrets = list(secrets)
         self._ready = False
@@ -177,6 +180,9 @@ class MongoStore:
                     self._runs, [("device_id", ASCENDING), ("trained_at", DESCENDING)], unique=False
                 )
                 self._ensure_index(self._devices, [("device_id", ASCENDING)])
+                self._ensure_index(self._scores, [("device_id", ASCENDING), ("period", ASCENDING)])
+                self._ensure_index(self._scores, [("device_id", ASCENDING),
+                                                  ("period_start_at", DESCENDING)], unique=False)
             except (ConnectionFailure, OperationFailure) as exc:
                 raise self._unavailable(exc) from None
             self._ready = True
@@ -330,6 +336,33 @@ class MongoStore:
         self._use()
         with self._guard():
             return self._runs.delete_one({"run_id": run_id}).deleted_count > 0
+
+    # -- forecast scores --------------------------------------------------------------------
+
+    def upsert_score(self, record: Mapping[str, Any]) -> None:
+        fields = normalize_score(record)
+        key = {"device_id": fields["device_id"], "period": fields["period"]}
+        # period_start_at: the same instant as a BSON date, which the index orders by.
+        document = {**fields, "period_start_at": to_utc(fields["period_start"], "period_start")}
+        self._use()
+        with self._guard():
+            try:
+                self._scores.replace_one(key, document, upsert=True)
+            except DuplicateKeyError:  # two scorers of the same period at once: last wins
+                self._scores.replace_one(key, document)
+
+    def list_scores(self, device_id: str, since: datetime | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        check_page(limit, 0)
+        query: dict[str, Any] = {"device_id": device_id}
+        if since is not None:
+            query["period_start_at"] = {"$gte": to_utc(since, "since")}
+        self._use()
+        with self._guard():
+            stored = list(self._scores.find(query, {"_id": 0, "period_start_at": 0})
+                          .sort([("period_start_at", DESCENDING), ("period", DESCENDING)])
+                          .limit(limit)) if limit > 0 else []
+        return stored
 
     # -- sites ------------------------------------------------------------------------------
 

@@ -244,3 +244,28 @@ def check_page(limit: int, skip: int) -> None:
     """Both backends refuse the same out-of-range pages with the same message."""
     if limit < 0 or skip < 0:
         raise ValueError(f"limit and skip must be 0 or more, got limit={limit} skip={skip}")
+
+
+def normalize_score(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A forecast score as stored: its key checked, `period_start` an ISO 8601 UTC string,
+    every value JSON-plain (non-finite floats as None)."""
+    device_id = validate_device_id(record.get("device_id"))
+    period = record.get("period")
+    if not isinstance(period, str) or not period:
+        raise ValueError("a forecast score needs its period key")
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        if isinstance(value, datetime | pd.Timestamp):
+            value = to_utc(value, name).isoformat().replace("+00:00", "Z")
+        elif isinstance(value, float | np.floating):
+            value = float(value) if math.isfinite(value) else None
+        elif isinstance(value, np.integer):
+            value = int(value)
+        out[name] = value
+    out["device_id"] = device_id
+    to_utc(out.get("period_start"), "period_start")  # present and a time
+    return out
+
+
+def score_order_key(record: Mapping[str, Any]) -> int:
+    return to_epoch_us(to_utc(record["period_start"], "period_start"))

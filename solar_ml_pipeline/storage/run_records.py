@@ -29,6 +29,7 @@ STATUS_SUCCESS = "success"
 STATUS_FAILED = "failed"
 KIND_RETRAIN = "retrain"
 KIND_ROLLBACK = "rollback"
+KIND_DRIFT = "drift"
 
 
 def utc_now() -> datetime:

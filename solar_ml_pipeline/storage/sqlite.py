@@ -37,12 +37,15 @@ from solar_ml_pipeline.storage.records import (
     empty_readings_frame,
     normalize_readings,
     normalize_run,
+    normalize_score,
     normalize_site,
     readings_frame,
     run_from_storage,
     run_id_of,
+    score_order_key,
     site_from_storage,
     to_epoch_us,
+    to_utc,
     window_bounds,
 )
 
@@ -74,12 +77,14 @@ class SqliteStore:
         readings_table: str = "readings_raw",
         runs_table: str = "model_runs",
         devices_table: str = "devices",
+        scores_table: str = "forecast_scores",
         busy_timeout_s: float = 30.0,
     ) -> None:
         self.path = Path(path)
         self.readings_table = _table(readings_table)
         self.runs_table = _table(runs_table)
         self.devices_table = _table(devices_table)
+        self.scores_table = _table(scores_table)
         self.busy_timeout_s = busy_timeout_s
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
@@ -176,6 +181,7 @@ class SqliteStore:
             f"{name} {'TEXT' if name == 'timezone' else 'REAL'}" for name in SITE_FIELDS
         )
         readings, runs, devices = self.readings_table, self.runs_table, self.devices_table
+        scores = self.scores_table
         statements = [
             # The primary key is the unique (device_id, timestamp) index; WITHOUT ROWID
             # clusters rows by it, so a device's window is one contiguous range scan.
@@ -190,6 +196,12 @@ class SqliteStore:
             f"CREATE INDEX IF NOT EXISTS {runs}_status ON {runs} (status)",
             f"CREATE INDEX IF NOT EXISTS {runs}_promoted ON {runs} (promoted)",
             f"CREATE TABLE IF NOT EXISTS {devices} (device_id TEXT PRIMARY KEY, {site_columns})",
+            # Clustered by (device_id, period_start): a device's last N periods is one scan.
+            f"CREATE TABLE IF NOT EXISTS {scores} (device_id TEXT NOT NULL, "
+            "period_start INTEGER NOT NULL, period TEXT NOT NULL, record TEXT NOT NULL, "
+            "PRIMARY KEY (device_id, period_start, period)) WITHOUT ROWID",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {scores}_device_period "
+            f"ON {scores} (device_id, period)",
         ]
         with _write_transaction(conn):
             for statement in statements:
@@ -330,6 +342,31 @@ class SqliteStore:
         with self._session() as conn, _write_transaction(conn):
             cursor = conn.execute(f"DELETE FROM {self.runs_table} WHERE run_id = ?", (run_id,))  # noqa: S608 - validated table name
             return cursor.rowcount > 0
+
+    # -- forecast scores --------------------------------------------------------------------
+
+    def upsert_score(self, record: Mapping[str, Any]) -> None:
+        fields = normalize_score(record)
+        table = self.scores_table
+        with self._session() as conn, _write_transaction(conn):
+            conn.execute(f"DELETE FROM {table} WHERE device_id = ? AND period = ?",  # noqa: S608 - validated table name
+                         (fields["device_id"], fields["period"]))
+            conn.execute(
+                f"INSERT INTO {table} (device_id, period_start, period, record) "  # noqa: S608 - validated table name
+                "VALUES (?, ?, ?, ?)",
+                (fields["device_id"], score_order_key(fields), fields["period"],
+                 json.dumps(fields, separators=(",", ":"))))
+
+    def list_scores(self, device_id: str, since: datetime | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        check_page(limit, 0)
+        lower = to_epoch_us(to_utc(since, "since")) if since is not None else -(2**62)
+        with self._session() as conn:
+            rows = conn.execute(
+                f"SELECT record FROM {self.scores_table} WHERE device_id = ? "  # noqa: S608 - validated table name
+                "AND period_start >= ? ORDER BY period_start DESC, period DESC LIMIT ?",
+                (device_id, lower, limit)).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     # -- sites ------------------------------------------------------------------------------
 

@@ -391,3 +391,41 @@ def test_a_site_with_an_unknown_field_or_bad_device_id_is_refused(store):
 
 def test_ping_succeeds_on_a_reachable_store(store):
     store.ping()
+
+
+# --- forecast scores ---------------------------------------------------------------------------
+
+def score(period_day: int, device_id: str = "tracker01", **fields: object) -> dict[str, object]:
+    start = datetime(2026, 3, period_day, 13, 0, tzinfo=UTC)
+    return {"device_id": device_id, "period": f"2026-03-{period_day:02d}",
+            "period_start": start, "period_end": start + timedelta(days=1),
+            "daylight_skill": 0.1, **fields}
+
+
+def test_a_score_is_one_record_per_device_and_period_and_a_rescore_replaces_it(store):
+    store.upsert_score(score(3, daylight_skill=0.2, rows_scored=10))
+    store.upsert_score(score(3, daylight_skill=-0.1))
+    (only,) = store.list_scores("tracker01")
+    assert (only["period"], only["daylight_skill"]) == ("2026-03-03", -0.1)
+    assert "rows_scored" not in only  # replaced, not merged: a rescore is a new judgement
+    assert only["period_start"] == "2026-03-03T13:00:00Z"
+
+
+def test_scores_list_newest_period_first_per_device_since_a_time(store):
+    for day in (1, 5, 3):
+        store.upsert_score(score(day))
+    store.upsert_score(score(4, device_id="tracker02"))
+    assert [s["period"] for s in store.list_scores("tracker01")] == [
+        "2026-03-05", "2026-03-03", "2026-03-01"]
+    since = datetime(2026, 3, 3, 13, 0, tzinfo=UTC)
+    assert [s["period"] for s in store.list_scores("tracker01", since=since, limit=1)] == [
+        "2026-03-05"]
+    assert [s["period"] for s in store.list_scores("tracker02")] == ["2026-03-04"]
+
+
+def test_score_values_are_stored_json_plain(store):
+    store.upsert_score(score(2, daylight_skill=float("nan"), rows=np.int64(7),
+                             served_by={"20260301_120000_000001": 5}))
+    (stored,) = store.list_scores("tracker01")
+    assert stored["daylight_skill"] is None and stored["rows"] == 7
+    assert stored["served_by"] == {"20260301_120000_000001": 5}

@@ -1,0 +1,201 @@
+"""Backtest any span: forecast every reading with what served the device at that moment.
+
+What served comes from the pointer's history (model_store.history), so the rows are the
+forecasts the service would have given, model or smart-persistence fallback, scored on the
+readings that came after. Persistence ("power stays") and smart persistence ("the clear-sky
+index stays") are computed on the same rows, so every summary states the skill against both.
+Reads only: nothing is written, no pointer moves. The realised scores (scoring.py) are the
+summary of one period's backtest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.forecasting import features as feature_frames
+from solar_ml_pipeline.forecasting.prediction import LOOKBACK, serving_site
+from solar_ml_pipeline.forecasting.training import FeaturesUnavailable
+from solar_ml_pipeline.model_store.registry import (
+    SERVING_FALLBACK,
+    ModelRegistry,
+    ModelStoreError,
+    parse_history_time,
+    served_at,
+)
+from solar_ml_pipeline.readings.sites import site_for_device
+from solar_ml_pipeline.storage.base import Store
+
+ROW_FIELDS = ("timestamp", "forecast_for", "predicted_power", "power_at_target", "persistence",
+              "smart_persistence", "served_by", "daylight")
+MAX_SPAN = timedelta(days=400)
+
+
+class InvalidSpan(ValueError):
+    """Bounds that do not make a span (no time zone, end not after start, too long)."""
+
+
+class BacktestUnavailable(LookupError):
+    """The span holds nothing to backtest (no readings, nothing served): says which."""
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """Every reading of the span with its served forecast and both baselines (`rows`,
+    columns ROW_FIELDS; `served_by` a version id, `smart_persistence`, or None before
+    anything served), and the pooled summary of the rows that can be scored."""
+
+    device_id: str
+    start: datetime
+    end: datetime
+    rows: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def pooled_scores(rows: pd.DataFrame) -> dict[str, Any]:
+    """MAE, RMSE and skill against persistence and smart persistence, all hours and in
+    daylight, over rows that have a forecast and a realised power at the target time."""
+    scored = rows[rows["predicted_power"].notna() & rows["power_at_target"].notna()]
+    out: dict[str, Any] = {"rows_scored": len(scored)}
+    for label, part in (("", scored), ("daylight_", scored[scored["daylight"]])):
+        actual = part["power_at_target"].to_numpy(dtype="float64")
+        errors = {name: part[column].to_numpy(dtype="float64") - actual for name, column in (
+            ("served", "predicted_power"), ("persistence", "persistence"),
+            ("smart", "smart_persistence"))}
+        count = len(part)
+        mae = {name: float(np.abs(e).mean()) if count else None for name, e in errors.items()}
+        if label:
+            out[f"{label}rows"] = count
+        out[f"{label}mae"] = mae["served"]
+        out[f"{label}rmse"] = float(np.sqrt((errors["served"] ** 2).mean())) if count else None
+        out[f"{label}persistence_mae"] = mae["persistence"]
+        out[f"{label}smart_persistence_mae"] = mae["smart"]
+        out[f"{label}skill"] = _skill(mae["served"], mae["persistence"])
+        out[f"{label}skill_smart"] = _skill(mae["served"], mae["smart"])
+    return out
+
+
+def _skill(mae: float | None, baseline: float | None) -> float | None:
+    if mae is None or not baseline:
+        return None
+    return 1.0 - mae / baseline
+
+
+def _bounds(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidSpan("start and end need a time zone: add Z or +00:00")
+    if end <= start:
+        raise InvalidSpan(f"end {_iso(end)} is not after start {_iso(start)}: give a later end")
+    if end - start > MAX_SPAN:
+        raise InvalidSpan(f"the span is longer than {MAX_SPAN.days} days: backtest it in parts")
+
+
+def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_id: str,
+             start: datetime, end: datetime, *,
+             history: list[dict[str, Any]] | None = None) -> Backtest:
+    """Forecast every reading in [start, end) as the service would have at that moment.
+
+    Raises InvalidSpan for bounds that make no span, BacktestUnavailable when the span has
+    no readings or nothing served the device in it; a served version that cannot be loaded any more leaves its rows unforecast
+    (`predicted_power` NaN) and is named in the summary's `unavailable` list.
+    """
+    device_id = validate_device_id(device_id)
+    _bounds(start, end)
+    horizon = settings.horizon_minutes
+    reach = timedelta(minutes=horizon) + feature_frames.default_tolerance(horizon)
+    readings = store.read_window(device_id, start - LOOKBACK, end + reach)
+    if readings.empty or not ((readings["timestamp"] >= start)
+                              & (readings["timestamp"] < end)).any():
+        newest = store.latest_readings(device_id, 1)
+        where = (f"its newest is from {_iso(newest['timestamp'].iloc[-1])}" if len(newest)
+                 else "it has none at all")
+        raise BacktestUnavailable(
+            f"device {device_id} has no readings in [{_iso(start)}, {_iso(end)}): {where}; "
+            "choose a span with readings")
+    history = registry.pointer_history(device_id) if history is None else history
+    if served_at(history, end - timedelta(microseconds=1)) is None:
+        raise BacktestUnavailable(
+            f"nothing served device {device_id} in [{_iso(start)}, {_iso(end)}): its first "
+            "model or fallback came later (see `solar-ml model history --device "
+            f"{device_id}`)")
+    site = site_for_device(store, settings, device_id)
+    reference = feature_frames.build_feature_frame(
+        readings, horizon_minutes=horizon, timezone=settings.timezone, feature_set="solar",
+        with_target=False, site=site).frame
+    reference["power_at_target"] = feature_frames.target_power(reference, horizon)
+    stamps = reference["timestamp"]
+    rows = reference[(stamps >= start) & (stamps < end)].reset_index(drop=True)
+    served = _served_by(history, rows["timestamp"])
+    predicted = np.full(len(rows), np.nan)
+    fallback = served == SERVING_FALLBACK
+    predicted[fallback] = rows.loc[fallback, feature_frames.SMART_PERSISTENCE].to_numpy()
+    unavailable: list[str] = []
+    for version in sorted({v for v in served if v not in (None, SERVING_FALLBACK)}):
+        mask = served == version
+        forecast = _model_forecast(settings, store, registry, device_id, version, readings,
+                                   rows.loc[mask, "timestamp"])
+        if forecast is None:
+            unavailable.append(version)
+        else:
+            predicted[mask] = forecast
+    out = pd.DataFrame({
+        "timestamp": rows["timestamp"],
+        "forecast_for": rows["timestamp"] + pd.Timedelta(minutes=horizon),
+        "predicted_power": predicted,
+        "power_at_target": rows["power_at_target"],
+        "persistence": rows["power"],
+        "smart_persistence": rows[feature_frames.SMART_PERSISTENCE],
+        "served_by": served,
+        "daylight": rows[feature_frames.DAYLIGHT].astype(bool),
+    })
+    summary = {
+        "device_id": device_id, "start": _iso(start), "end": _iso(end),
+        "horizon_minutes": horizon, "rows": len(out),
+        "rows_unserved": int(pd.isna(out["served_by"]).sum()),
+        "served_by": {str(k): int(v) for k, v in out["served_by"].value_counts().items()},
+        "unavailable": unavailable,
+        **pooled_scores(out),
+    }
+    return Backtest(device_id, start, end, out, summary)
+
+
+def _served_by(history: list[dict[str, Any]], stamps: pd.Series) -> np.ndarray:
+    """Per reading, the version that served it, `smart_persistence`, or None (the last
+    move at or before the reading, as history.served_at decides for one moment)."""
+    moves = pd.DatetimeIndex([parse_history_time(entry["at"]) for entry in history]).as_unit("ns")
+    labels = np.array([None] + [entry["version"] or SERVING_FALLBACK for entry in history],
+                      dtype=object)
+    in_force = np.searchsorted(moves.asi8, stamps.dt.as_unit("ns").astype("int64").to_numpy(),
+                               side="right")
+    return labels[in_force]
+
+
+def _model_forecast(settings: Settings, store: Store, registry: ModelRegistry, device_id: str,
+                    version: str, readings: pd.DataFrame,
+                    stamps: pd.Series) -> np.ndarray | None:
+    """The version's forecasts at `stamps`, features built as serving builds them."""
+    try:
+        model = registry.load_model(device_id, version)
+    except ModelStoreError:
+        return None  # pruned or damaged since: its rows stay unforecast, and say so
+    built = feature_frames.build_feature_frame(
+        readings, horizon_minutes=int(getattr(model, "horizon_minutes", None)
+                                      or settings.horizon_minutes),
+        timezone=getattr(model, "timezone", None) or settings.timezone,
+        feature_set=getattr(model, "feature_set", None) or settings.feature_set,
+        with_target=False, site=serving_site(model, store, settings, device_id)).frame
+    wanted = built[built["timestamp"].isin(stamps)]
+    try:
+        forecast = pd.Series(model.predict(wanted), index=wanted["timestamp"].to_numpy())
+    except FeaturesUnavailable:
+        return None
+    return forecast.reindex(stamps.to_numpy()).to_numpy(dtype="float64")
+
+
+def _iso(value: datetime) -> str:
+    return pd.Timestamp(value).tz_convert("UTC").isoformat().replace("+00:00", "Z")
