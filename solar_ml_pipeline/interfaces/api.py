@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
 from solar_ml_pipeline.forecasting.backtest import BacktestUnavailable
 from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
-from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces import accountability, operations
 from solar_ml_pipeline.model_store.registry import (
     InvalidVersion,
     ModelStoreError,
@@ -164,21 +164,21 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/api/ml/model/history", tags=["models"])
     def model_history(device_id: str) -> JSONResponse:
         """Who served the device when: every pointer move, newest first."""
-        return _json(operations.model_history(settings, device_id))
+        return _json(accountability.model_history(settings, device_id))
 
     @app.get("/api/ml/scores", tags=["forecasts"])
     def scores(device_id: str,
-               days: int = Query(default=operations.DEFAULT_SCORE_DAYS, ge=1,
-                                 le=operations.MAX_SCORE_DAYS)) -> JSONResponse:
+               days: int = Query(default=accountability.DEFAULT_SCORE_DAYS, ge=1,
+                                 le=accountability.MAX_SCORE_DAYS)) -> JSONResponse:
         """Realised scores of the device's periods that started in the last `days` days,
         newest first: what served, MAE, RMSE and skill against both baselines."""
-        return _json(operations.list_scores(store, device_id, days=days))
+        return _json(accountability.list_scores(store, device_id, days=days))
 
     @app.get("/api/ml/backtest", tags=["forecasts"])
     def backtest_span(device_id: str, start: str, end: str) -> JSONResponse:
         """Every reading of [start, end) forecast by what served it then, and the summary;
         404 when the span has no readings or nothing served."""
-        return _json(operations.backtest_span(settings, store, device_id, start, end))
+        return _json(accountability.backtest_span(settings, store, device_id, start, end))
 
     @app.get("/api/ml/predict", tags=["models"])
     def predict(device_id: str) -> JSONResponse:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces import accountability
 from solar_ml_pipeline.interfaces.cli_common import (
     EXIT_OK,
     add_json_flag,
@@ -27,7 +27,7 @@ def _percent(value: float | None) -> str:
 
 
 def cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
-    listing = with_store(settings, lambda store: operations.list_scores(
+    listing = with_store(settings, lambda store: accountability.list_scores(
         store, args.device, days=args.days))
     emit(args, listing, lambda: format_scores(listing))
     return EXIT_OK
@@ -51,7 +51,7 @@ def format_scores(listing: dict[str, Any]) -> str:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    result = with_store(settings, lambda store: operations.backtest_span(
+    result = with_store(settings, lambda store: accountability.backtest_span(
         settings, store, args.device, args.start, args.end))
     if args.json:  # JSON lines: one per reading, then the summary
         for row in result["rows"]:
@@ -92,7 +92,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("scores", help="realised forecast scores per period: what served, its "
                                       "daylight MAE and skill against both baselines")
     p.add_argument("--device", required=True)
-    p.add_argument("--days", type=positive_int, default=operations.DEFAULT_SCORE_DAYS,
+    p.add_argument("--days", type=positive_int, default=accountability.DEFAULT_SCORE_DAYS,
                    help="periods that started in the last N days (default %(default)s)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_scores)

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from solar_ml_pipeline.config import Settings
-from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces import accountability, operations
 from solar_ml_pipeline.interfaces.cli_common import (
     EXIT_OK,
     add_json_flag,
@@ -138,7 +138,7 @@ def format_versions(listing: dict[str, Any]) -> str:
 
 
 def cmd_model_history(args: argparse.Namespace, settings: Settings) -> int:
-    history = operations.model_history(settings, args.device)
+    history = accountability.model_history(settings, args.device)
     emit(args, history, lambda: format_history(history))
     return EXIT_OK
 

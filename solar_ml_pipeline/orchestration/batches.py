@@ -16,6 +16,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_RESUME_RETRY_TAG, RESUME_RETRY_TAG
 
 from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.orchestration.jobs import SCORE_JOB
 from solar_ml_pipeline.orchestration.partitions import (
     DEVICE_DIMENSION,
     PERIOD_DIMENSION,
@@ -50,8 +51,9 @@ def device_batches(devices: Sequence[str], batch_size: int,
 
 
 def batch_run_requests(settings: Settings, devices: Sequence[str], period_key: str,
-                       trigger: str) -> list[dg.RunRequest]:
-    """One request per batch of the period's devices (a single device is a plain partition)."""
+                       trigger: str, action: str = "retrain") -> list[dg.RunRequest]:
+    """One request per batch of the period's devices (a single device is a plain partition);
+    `action` (retrain or score) keeps the run keys of the two schedules apart."""
     requests = []
     for batch in device_batches(devices, settings.fleet_batch_size, settings.max_concurrent_runs):
         first, last = batch[0], batch[-1]
@@ -59,12 +61,12 @@ def batch_run_requests(settings: Settings, devices: Sequence[str], period_key: s
                 "solar/devices": str(len(batch))}
         if len(batch) == 1:
             requests.append(dg.RunRequest(
-                run_key=f"retrain:{first}:{period_key}",
+                run_key=f"{action}:{first}:{period_key}",
                 partition_key=partition_key(first, period_key),
                 tags={**tags, "solar/device": first}))
         else:
             requests.append(dg.RunRequest(
-                run_key=f"retrain:{period_key}:{first}..{last}",
+                run_key=f"{action}:{period_key}:{first}..{last}",
                 tags={**tags, RANGE_START_TAG: str(partition_key(first, period_key)),
                       RANGE_END_TAG: str(partition_key(last, period_key))}))
     return requests
@@ -119,8 +121,13 @@ def done_in_earlier_runs(instance: dg.DagsterInstance, run: dg.DagsterRun,
 
 
 def run_asset_keys(run: dg.DagsterRun) -> set[dg.AssetKey]:
-    """The retraining assets a run makes: its selection, or all four."""
-    return set(run.asset_selection or ()) or {dg.AssetKey(name) for name in ASSET_NAMES}
+    """The retraining assets a run makes: those of its selection, or all four; none for a
+    run that selects only other assets (forecast_score), which retrains nothing."""
+    if run.job_name == SCORE_JOB:
+        return set()
+    retraining = {dg.AssetKey(name) for name in ASSET_NAMES}
+    selected = set(run.asset_selection or ())
+    return selected & retraining if selected else retraining
 
 
 def run_attempts(instance: dg.DagsterInstance, run: dg.DagsterRun, keys: Sequence[str],

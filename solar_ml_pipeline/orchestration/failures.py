@@ -64,9 +64,12 @@ def record_failed_run(run_log: RunLog, settings: Settings, instance: dg.DagsterI
 
     Devices an earlier run of the retry chain already retrained are not this run's attempts.
     """
+    asset_keys = run_asset_keys(run)
+    if not asset_keys:
+        return []  # a run that retrains nothing (scoring) has no attempts to record
     keys = run_partition_keys(run, retrain_partitions(settings), instance)
     failed = []
-    for attempt in run_attempts(instance, run, keys, run_asset_keys(run)):
+    for attempt in run_attempts(instance, run, keys, asset_keys):
         record_failed_attempt(run_log, settings, run_id=attempt.attempt_id,
                               device_id=attempt.device_id, period_key=attempt.period_key,
                               days=days_from_run_config(run.run_config), message=message,

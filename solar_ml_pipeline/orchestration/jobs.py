@@ -1,4 +1,5 @@
-"""The one retrain job: the four retraining assets, for one partition or a batch of devices."""
+"""The jobs: retrain (the four retraining assets) and score (forecast_score), each for one
+partition or a batch of devices."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from solar_ml_pipeline.orchestration.partitions import retrain_partitions
 
 RETRAIN_JOB = "retrain_job"
 RETRAIN_SELECTION = ["raw_readings", "feature_frame", "model_version", "promotion_decision"]
+SCORE_JOB = "score_job"
+SCORE_SELECTION = ["forecast_score"]
 
 
 def build_retrain_job(settings: Settings) -> dg.UnresolvedAssetJobDefinition:
@@ -25,3 +28,11 @@ def build_retrain_job(settings: Settings) -> dg.UnresolvedAssetJobDefinition:
         ),
         tags={"domain": "solar-forecasting"},
     )
+
+
+def build_score_job(settings: Settings) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        SCORE_JOB, selection=SCORE_SELECTION, partitions_def=retrain_partitions(settings),
+        description="Score the forecasts each device of the run served in its period, then "
+                    "guard against drift.",
+        tags={"domain": "solar-forecasting"})

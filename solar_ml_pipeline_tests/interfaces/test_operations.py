@@ -15,7 +15,7 @@ from sklearn.dummy import DummyRegressor
 from solar_ml_pipeline.config import InvalidDeviceId
 from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
 from solar_ml_pipeline.forecasting.training import ForecastModel
-from solar_ml_pipeline.interfaces import operations
+from solar_ml_pipeline.interfaces import accountability, operations
 from solar_ml_pipeline.model_store.registry import (
     ChecksumMismatch,
     ModelRegistry,
@@ -408,13 +408,13 @@ def test_dry_run_reports_too_few_rows_and_a_missing_store_without_creating_it(se
 
 def test_history_names_every_move_newest_first_with_the_rollback_run_id(settings, store,
                                                                         registry):
-    assert operations.model_history(settings, "t1") == {"device_id": "t1", "total": 0,
+    assert accountability.model_history(settings, "t1") == {"device_id": "t1", "total": 0,
                                                          "moves": []}
     first = save_constant_version(registry, "t1", 3.0, 1)
     second = save_constant_version(registry, "t1", 2.0, 2)
     put_on_fallback(registry, "t1")
     rolled = operations.rollback_model(settings, store, "t1")
-    history = operations.model_history(settings, "t1")
+    history = accountability.model_history(settings, "t1")
     assert [(m["move"], m["version"], m["replaced"]) for m in history["moves"]] == [
         ("rollback", second, "smart_persistence"), ("fallback", None, second),
         ("promotion", second, first), ("promotion", first, None)]
