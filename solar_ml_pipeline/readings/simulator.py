@@ -29,13 +29,16 @@ Determinism: the same (device_id, seed, site, interval) gives the same reading f
 instant whatever window is asked for. Every local day draws its random numbers from its own
 seed (seed, device, date) and the slow state (fan, module lag) restarts each local midnight,
 so simulating a month in one call or in weekly chunks yields identical rows.
+
+Faults (readings.faults.Fault: a stuck sensor, a lost string) change only the instants they
+cover, the same whatever window is asked for; without them the readings are the above.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -48,6 +51,8 @@ import pandas as pd
 import pvlib
 
 from solar_ml_pipeline.config import validate_device_id
+from solar_ml_pipeline.readings.faults import FAULT_KINDS as FAULT_KINDS  # re-exported
+from solar_ml_pipeline.readings.faults import Fault, apply_fault
 from solar_ml_pipeline.readings.sites import DEFAULT_SITE, Site
 from solar_ml_pipeline.storage.base import ReadingStore
 
@@ -89,11 +94,13 @@ def simulate_readings(
     interval_minutes: float = 1,
     seed: int = 0,
     site: Site = DEFAULT_SITE,
+    faults: Sequence[Fault] = (),
 ) -> pd.DataFrame:
     """Readings of one tracker on the grid of `interval_minutes` within [start, end).
 
     Naive datetimes are UTC. Grid instants are whole multiples of the interval since the
-    epoch, so windows that overlap agree on the instants they share.
+    epoch, so windows that overlap agree on the instants they share, faults included.
+    `faults` (see Fault) change the readings of the instants they cover, nothing else.
     """
     validate_device_id(device_id)
     step_ns = _interval_ns(interval_minutes)
@@ -102,6 +109,44 @@ def simulate_readings(
     start_ns, end_ns = _epoch_ns(start, "start"), _epoch_ns(end, "end")
     if end_ns < start_ns:
         raise ValueError(f"end {end} is before start {start}: swap them")
+    for fault in faults:
+        if not isinstance(fault, Fault):
+            raise TypeError(f"faults must be Fault objects, got {type(fault).__name__}")
+    grid = _simulate_grid(device_id, start_ns, end_ns, step_ns, seed, site)
+
+    def values_at(instant_ns: int) -> tuple[float, float]:
+        alone = _simulate_grid(device_id, instant_ns, instant_ns + step_ns, step_ns, seed, site)
+        where = np.flatnonzero(alone.grid_ns == instant_ns)[0]
+        return alone.columns["power"][where], alone.columns["lux"][where]
+
+    for fault in faults:
+        apply_fault(grid.grid_ns, grid.columns, fault, step_ns, values_at)
+    columns = grid.columns
+    keep = (grid.grid_ns >= start_ns) & (grid.grid_ns < end_ns) & ~grid.missing
+    frame = pd.DataFrame(
+        {
+            "device_id": device_id,
+            "timestamp": grid.times[keep],
+            **{name: columns[name][keep] for name in COLUMNS[2:]},
+        },
+        columns=list(COLUMNS),
+    )
+    frame["timestamp"] = frame["timestamp"].astype("datetime64[ns, UTC]")
+    return frame.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Every reading of the local days covering a window, lost samples included."""
+
+    grid_ns: np.ndarray
+    times: pd.DatetimeIndex
+    columns: dict[str, np.ndarray]  # the reported values, by COLUMNS name
+    missing: np.ndarray
+
+
+def _simulate_grid(device_id: str, start_ns: int, end_ns: int, step_ns: int, seed: int,
+                   site: Site) -> _Grid:
     tz = ZoneInfo(site.timezone)
     first_day = _local_date(start_ns, tz)
     last_day = _local_date(max(end_ns - 1, start_ns), tz)
@@ -177,24 +222,17 @@ def simulate_readings(
     lux = np.clip(LUX_PER_W_M2 * poa * (1.0 + 0.02 * noise[:, 5]), 0.0, None)
     servo = np.clip(90.0 + np.round(rotation) + 0.15 * noise[:, 6], 0.0, 180.0)
 
-    keep = (grid_ns >= start_ns) & (grid_ns < end_ns) & ~np.concatenate([d.missing for d in days])
-    frame = pd.DataFrame(
-        {
-            "device_id": device_id,
-            "timestamp": times[keep],
-            "servo_angle": np.round(servo[keep], 2),
-            "temperature": temperature_read[keep],
-            "humidity": np.round(humidity[keep], 1),
-            "lux": np.round(lux[keep], 1),
-            "voltage": voltage_read[keep],
-            "current": current_read[keep],
-            "power": power_read[keep],
-            "fan_on": fan_on[keep],
-        },
-        columns=list(COLUMNS),
-    )
-    frame["timestamp"] = frame["timestamp"].astype("datetime64[ns, UTC]")
-    return frame.reset_index(drop=True)
+    columns = {
+        "servo_angle": np.round(servo, 2),
+        "temperature": temperature_read,
+        "humidity": np.round(humidity, 1),
+        "lux": np.round(lux, 1),
+        "voltage": voltage_read,
+        "current": current_read,
+        "power": power_read,
+        "fan_on": fan_on,
+    }
+    return _Grid(grid_ns, times, columns, np.concatenate([d.missing for d in days]))
 
 
 @dataclass(frozen=True)
@@ -296,6 +334,7 @@ def simulate_device(
     seed: int = 0,
     site: Site = DEFAULT_SITE,
     batch_size: int = 5000,
+    faults: Sequence[Fault] = (),
 ) -> SimulationResult:
     """Simulate `days` of readings ending at `end` (default: now, floored to the minute).
 
@@ -316,7 +355,7 @@ def simulate_device(
     for chunk_start, chunk_end in _chunks(start, end):
         frame = simulate_readings(
             device_id, start=chunk_start, end=chunk_end,
-            interval_minutes=interval_minutes, seed=seed, site=site,
+            interval_minutes=interval_minutes, seed=seed, site=site, faults=faults,
         )
         generated += len(frame)
         for offset in range(0, len(frame), batch_size):

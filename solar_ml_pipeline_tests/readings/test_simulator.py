@@ -13,6 +13,7 @@ from solar_ml_pipeline.readings.simulator import (
     FAN_COOLING_C,
     FAN_OFF_C,
     FAN_ON_C,
+    Fault,
     module_temperature_and_fan,
     simulate_device,
     simulate_readings,
@@ -298,3 +299,93 @@ def test_simulate_device_refuses_an_invalid_device_before_writing(tmp_path):
     with pytest.raises(InvalidDeviceId):
         simulate_device(store, "../x", days=1)
     assert store.count_readings() == 0
+
+
+# -- injected faults -------------------------------------------------------------------------
+
+FAULT_START = datetime(2026, 1, 6, 4, 0, 30, tzinfo=UTC)  # 09:30:30 in Colombo: mid-morning
+FAULT_END = datetime(2026, 1, 6, 6, 0, tzinfo=UTC)
+
+
+def during(frame: pd.DataFrame, start: datetime, end: datetime | None = None) -> np.ndarray:
+    after = frame["timestamp"] >= start
+    return (after if end is None else after & (frame["timestamp"] < end)).to_numpy()
+
+
+def test_no_faults_give_exactly_the_default_readings(fortnight):
+    pd.testing.assert_frame_equal(
+        simulate_readings("tracker-1", start=START, end=END, seed=7, faults=()), fortnight)
+
+
+def test_a_stuck_fault_freezes_power_and_lux_at_their_first_value_and_changes_nothing_else(
+        fortnight):
+    faulty = simulate_readings("tracker-1", start=START, end=END, seed=7,
+                               faults=[Fault("stuck", FAULT_START, FAULT_END)])
+    inside = during(fortnight, FAULT_START, FAULT_END)
+    first = fortnight[inside].iloc[0]
+    assert first["timestamp"] == pd.Timestamp(FAULT_START).ceil("min") and first["power"] > 50
+    assert (faulty.loc[inside, "power"] == first["power"]).all()
+    assert (faulty.loc[inside, "lux"] == first["lux"]).all()
+    assert fortnight.loc[inside, "power"].nunique() > 100  # they moved before the fault
+    others = [name for name in COLUMNS if name not in ("power", "lux")]
+    pd.testing.assert_frame_equal(faulty[others], fortnight[others])
+    pd.testing.assert_frame_equal(faulty[~inside], fortnight[~inside])
+
+
+def test_a_stuck_fault_that_began_before_the_window_keeps_the_value_it_froze_at(fortnight):
+    later = FAULT_START + timedelta(hours=1)
+    window = simulate_readings("tracker-1", start=later, end=END, seed=7,
+                               faults=[Fault("stuck", FAULT_START)])  # never ends
+    frozen = fortnight[during(fortnight, FAULT_START)].iloc[0]
+    assert (window["power"] == frozen["power"]).all() and (window["lux"] == frozen["lux"]).all()
+    whole = simulate_readings("tracker-1", start=START, end=END, seed=7,
+                              faults=[Fault("stuck", FAULT_START)])
+    pd.testing.assert_frame_equal(
+        window, whole[during(whole, later)].reset_index(drop=True))
+
+
+def test_a_lost_string_scales_power_and_current_from_its_start_on(fortnight):
+    faulty = simulate_readings("tracker-1", start=START, end=END, seed=7,
+                               faults=[Fault("lost_string", FAULT_START, factor=0.5)])
+    after = during(fortnight, FAULT_START)
+    assert np.allclose(faulty.loc[after, "power"], fortnight.loc[after, "power"] * 0.5, atol=0.006)
+    assert np.allclose(faulty.loc[after, "current"], fortnight.loc[after, "current"] * 0.5,
+                       atol=6e-5)
+    assert faulty.loc[after, "power"].sum() < 0.51 * fortnight.loc[after, "power"].sum()
+    unchanged = [name for name in COLUMNS if name not in ("power", "current")]
+    pd.testing.assert_frame_equal(faulty[unchanged], fortnight[unchanged])
+    pd.testing.assert_frame_equal(faulty[~after], fortnight[~after])
+
+
+def test_a_lost_string_with_an_end_is_repaired_at_it(fortnight):
+    faulty = simulate_readings("tracker-1", start=START, end=END, seed=7,
+                               faults=[Fault("lost_string", FAULT_START, FAULT_END, factor=0.0)])
+    inside = during(fortnight, FAULT_START, FAULT_END)
+    assert (faulty.loc[inside, "power"] == 0).all()
+    pd.testing.assert_frame_equal(faulty[~inside], fortnight[~inside])
+
+
+def test_simulate_device_stores_the_faulty_readings(tmp_path):
+    store = SqliteStore(tmp_path / "solar_ml.db")
+    end = datetime(2026, 1, 7, tzinfo=UTC)
+    faults = [Fault("stuck", FAULT_START, FAULT_END)]
+    simulate_device(store, "tracker-1", days=3, end=end, seed=7, faults=faults)
+    stored = store.read_window("tracker-1", FAULT_START, FAULT_END)
+    assert len(stored) > 100 and stored["power"].nunique() == 1
+
+
+@pytest.mark.parametrize(("fault", "hint"), [
+    (lambda: Fault("melted", START), "expected one of stuck, lost_string"),
+    (lambda: Fault("stuck", START, START - timedelta(minutes=1)), "is not after its start"),
+    (lambda: Fault("lost_string", START, factor=-0.5), "0 or more"),
+    (lambda: Fault("lost_string", START, factor=float("nan")), "0 or more"),
+])
+def test_an_invalid_fault_is_refused_in_one_line(fault, hint):
+    with pytest.raises(ValueError) as info:
+        fault()
+    assert hint in str(info.value) and "\n" not in str(info.value)
+
+
+def test_faults_must_be_fault_objects():
+    with pytest.raises(TypeError, match="Fault objects"):
+        simulate_readings("tracker-1", start=START, end=END, faults=[("stuck", START)])
