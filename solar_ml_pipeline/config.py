@@ -64,6 +64,7 @@ class Settings:
     model_type: str = "hist_gradient_boosting"
     feature_set: str = "solar"
     min_training_rows: int = 100
+    min_usable_share: float = 0.5
     keep_versions: int = 30
     site_latitude: float = 6.9271
     site_longitude: float = 79.8612
@@ -259,6 +260,8 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         model_type=_choice(env, "MODEL_TYPE", "hist_gradient_boosting", MODEL_TYPES),
         feature_set=_choice(env, "FEATURE_SET", "solar", FEATURE_SETS),
         min_training_rows=_int(env, "MIN_TRAINING_ROWS", 100, 1, "a whole number, at least 1"),
+        min_usable_share=_float(env, "MIN_USABLE_SHARE", 0.5,
+                                "a share of the window from 0 to 1, e.g. 0.5", 0.0, 1.0),
         keep_versions=_int(env, "KEEP_VERSIONS", 30, 1, "a whole number, at least 1"),
         site_latitude=_float(env, "SITE_LATITUDE", 6.9271, "degrees from -90 to 90", -90, 90),
         site_longitude=_float(env, "SITE_LONGITUDE", 79.8612, "degrees from -180 to 180", -180, 180),

@@ -21,6 +21,8 @@ def test_defaults_follow_the_original_system():
     assert s.timezone == "Asia/Colombo"
     assert s.mae_threshold_percent == 10.0
     assert (s.horizon_minutes, s.min_training_rows, s.keep_versions) == (15, 100, 30)
+    assert s.min_usable_share == 0.5 and settings_from_env(
+        {"MIN_USABLE_SHARE": "0.8"}).min_usable_share == 0.8
     assert s.retrain_enabled is True
 
 
@@ -65,6 +67,8 @@ def test_mongodb_uri_selects_the_production_backend():
         ("COLLECTION_READINGS", "readings; drop", "letters"),
         ("ALERT_WEBHOOK_URL", "ftp://hooks.example/x", "http://"),
         ("DAGSTER_WEBSERVER_URL", "ui:3000", "http://"),
+        ("MIN_USABLE_SHARE", "1.5", "from 0 to 1"),
+        ("MIN_USABLE_SHARE", "half", "from 0 to 1"),
     ],
 )
 def test_invalid_value_fails_with_one_line_naming_variable_and_form(name, value, expected_hint):

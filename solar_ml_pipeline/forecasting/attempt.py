@@ -19,6 +19,7 @@ import pandas as pd
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.forecasting import features, promotion, training
 from solar_ml_pipeline.forecasting.decision import Champion, ServingDecision, decide_serving
+from solar_ml_pipeline.forecasting.quality import QualityReport, QualityRules, flag_readings
 from solar_ml_pipeline.model_store.registry import (
     ModelCandidate,
     ModelRegistry,
@@ -52,6 +53,7 @@ class Policy:
     model_type: str = "hist_gradient_boosting"
     feature_set: str = "solar"
     min_training_rows: int = 100
+    min_usable_share: float = 0.5
     mae_threshold_percent: float = 10.0
     require_beat_persistence: bool = True
     timezone: str = "Asia/Colombo"
@@ -62,6 +64,7 @@ class Policy:
             retrain_days=settings.retrain_days, horizon_minutes=settings.horizon_minutes,
             model_type=settings.model_type, feature_set=settings.feature_set,
             min_training_rows=settings.min_training_rows,
+            min_usable_share=settings.min_usable_share,
             mae_threshold_percent=settings.mae_threshold_percent,
             require_beat_persistence=settings.require_beat_persistence,
             timezone=settings.timezone,
@@ -99,10 +102,21 @@ class Attempt:
 
 @dataclass(frozen=True)
 class WindowReadings:
+    """The window's clean readings (`frame`, every row), whether they can train, and their
+    data-quality flags: `usable` is what features and targets are built from."""
+
     frame: pd.DataFrame
     report: CleaningReport
     enough: bool
     message: str  # why the window cannot train, when it is not enough
+    quality: QualityReport | None = None
+
+    @property
+    def usable(self) -> pd.DataFrame:
+        """The readings no data-quality flag touches, in time order."""
+        if self.quality is None:
+            return self.frame
+        return self.frame[self.quality.usable.to_numpy()].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -133,18 +147,34 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def read_window(store: Store, attempt: Attempt, policy: Policy) -> WindowReadings:
-    """The device's clean readings in [cutoff - days, cutoff)."""
+def read_window(store: Store, attempt: Attempt, policy: Policy,
+                settings: Settings | None = None, *, now: datetime | None = None) -> WindowReadings:
+    """The device's clean readings in [cutoff - days, cutoff), flagged for data quality at
+    the device's site (from `settings`' defaults where it has none) as of `now` (default: the
+    real now). Not enough when fewer than MIN_TRAINING_ROWS are clean, when less than
+    MIN_USABLE_SHARE of them is free of flags, or fewer than MIN_TRAINING_ROWS are."""
     frame = store.read_window(attempt.device_id, attempt.window_start, attempt.cutoff)
     clean, report = clean_readings(frame)
     rows = len(clean)
-    return WindowReadings(clean, report, rows >= policy.min_training_rows,
-                          no_data_message(attempt.device_id, attempt.window_start,
-                                          attempt.cutoff, rows))
+    site = site_for_device(store, settings or Settings(), attempt.device_id)
+    quality = flag_readings(clean, site, now=now,
+                            rules=QualityRules(min_usable_share=policy.min_usable_share))
+    usable = rows - quality.flagged
+    message = no_data_message(attempt.device_id, attempt.window_start, attempt.cutoff, rows)
+    blocked = quality.blocking_reason(policy.min_usable_share)
+    if rows >= policy.min_training_rows and blocked:
+        message = blocked
+    elif rows >= policy.min_training_rows and usable < policy.min_training_rows:
+        short = no_data_message(attempt.device_id, attempt.window_start, attempt.cutoff, usable)
+        message = f"{short} without data-quality flags ({quality.summary()})"
+    enough = usable >= policy.min_training_rows and blocked is None
+    return WindowReadings(clean, report, enough, message, quality)
 
 
 def build_features(readings: pd.DataFrame, store: Store, settings: Settings, attempt: Attempt,
                    policy: Policy) -> features.FeatureFrame:
+    """Features and targets of `readings`: the window's usable ones (WindowReadings.usable),
+    so no flagged reading is a feature, a lag or a target."""
     return features.build_feature_frame(
         readings, horizon_minutes=policy.horizon_minutes, timezone=policy.timezone,
         feature_set=policy.feature_set, with_target=True,
@@ -153,8 +183,10 @@ def build_features(readings: pd.DataFrame, store: Store, settings: Settings, att
 
 
 def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, policy: Policy, *,
-                    threads: int | None = None) -> ModelCandidate:
-    """A fitted model scored on its test window, with the meta its version file will carry."""
+                    threads: int | None = None,
+                    quality: QualityReport | None = None) -> ModelCandidate:
+    """A fitted model scored on its test window, with the meta its version file will carry
+    (`quality_flags` and `usable_share` of the window when `quality` is given)."""
     model, evaluation = training.train_and_evaluate(
         feature_frame, model_type=policy.model_type, horizon_minutes=policy.horizon_minutes,
         feature_set=policy.feature_set, threads=threads,
@@ -178,6 +210,7 @@ def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, poli
         "window_start": _iso_z(attempt.window_start),
         "window_end": _iso_z(attempt.cutoff),
         "cutoff": _iso_z(attempt.cutoff),
+        **(quality.as_fields() if quality is not None else {}),
     }
     return ModelCandidate(device_id=attempt.device_id, version=version, model=model, meta=meta)
 
@@ -234,6 +267,7 @@ def _success_record(attempt: Attempt, stored: StoredVersion, decision: ServingDe
         champion_mae=_finite_or_none(old.mae) if old else None,
         champion_daylight_mae=old.gate_mae if old else None, serving=decision.serving,
         duration_s=attempt.duration_s(), finished_at=utc_now(),
+        quality_flags=meta.get("quality_flags"), usable_share=meta.get("usable_share"),
     )
     return record
 
@@ -286,14 +320,18 @@ def decide_and_record(store: Store, registry: ModelRegistry, attempt: Attempt,
     return Outcome(record, decision, challenger, champion, new_pointer)
 
 
-def record_failure(store: Store, attempt: Attempt, policy: Policy, message: str) -> bool:
-    """One `failed` record for the attempt unless its run already has a final one."""
+def record_failure(store: Store, attempt: Attempt, policy: Policy, message: str,
+                   quality: QualityReport | None = None) -> bool:
+    """One `failed` record for the attempt unless its run already has a final one (with the
+    window's data-quality counts when they are known)."""
     record = base_record(
         run_id=attempt.run_id, device_id=attempt.device_id, partition_key=attempt.partition_key,
         period=attempt.period_key, window_start=attempt.window_start, window_end=attempt.cutoff,
         days_used=attempt.days, horizon_minutes=policy.horizon_minutes,
         model_type=policy.model_type, dagster_run_id=attempt.launched_by,
     )
+    if quality is not None:
+        record.update(quality.as_fields())
     return write_failure(store, record, message or "the attempt failed", attempt.duration_s())
 
 
@@ -345,16 +383,17 @@ def run_attempt(settings: Settings, store: Store, registry: ModelRegistry, attem
     result = AttemptResult(attempt)
     step = READ
     try:
-        result.window = read_window(store, attempt, policy)
+        result.window = read_window(store, attempt, policy, settings)
         if not result.window.enough:
             raise AttemptFailed(result.window.message)
         if not (featurise or train or decide):
             return result
         step = FEATURES
-        result.frame = build_features(result.window.frame, store, settings, attempt, policy)
+        result.frame = build_features(result.window.usable, store, settings, attempt, policy)
         if train:
             step = TRAIN
-            result.candidate = train_candidate(result.frame, attempt, policy, threads=threads)
+            result.candidate = train_candidate(result.frame, attempt, policy, threads=threads,
+                                               quality=result.window.quality)
             result.stored = store_candidate(registry, result.candidate, attempt.launched_by)
         if decide:
             step = DECIDE
@@ -363,7 +402,8 @@ def run_attempt(settings: Settings, store: Store, registry: ModelRegistry, attem
                                                policy)
     except Exception as exc:  # noqa: BLE001 - one device's failure is its record, not a crash
         result.failed_step, result.error = step, str(exc) or type(exc).__name__
-        record_failure(store, attempt, policy, result.error)
+        record_failure(store, attempt, policy, result.error,
+                       result.window.quality if result.window else None)
     return result
 
 

@@ -122,6 +122,23 @@ def clear_sky_power(timestamps: Any, site: SiteLike, mount: str = DEFAULT_MOUNT,
     return np.where(position["elevation"].to_numpy() > 0.0, power, 0.0)
 
 
+def clear_sky_ceiling(timestamps: Any, site: SiteLike,
+                      position: pd.DataFrame | None = None) -> np.ndarray:
+    """Power (W) of a panel facing the sun under a clear sky (beam + diffuse): the most any
+    mount, tracker or fixed, makes; 0 at night. Data checks use it as an upper bound.
+
+    Pass `position` (from solar_position on the same timestamps) to reuse it.
+    """
+    if position is None:
+        position = solar_position(timestamps, site)
+    if position.empty:
+        return np.zeros(0)
+    sky = _clear_sky_irradiance(position, site)
+    irradiance = sky["dni"].to_numpy(dtype="float64") + sky["dhi"].to_numpy(dtype="float64")
+    power = site.capacity_w * np.clip(irradiance, 0.0, None) / STC_IRRADIANCE_W_M2
+    return np.where(position["elevation"].to_numpy() > 0.0, power, 0.0)
+
+
 def clear_sky_index(power: Sequence[float] | np.ndarray, clear_sky: Sequence[float] | np.ndarray,
                     elevation: Sequence[float] | np.ndarray, capacity_w: float) -> np.ndarray:
     """power / clear-sky power, clipped to [0, MAX_CLEAR_SKY_INDEX]; NaN at low sun."""

@@ -118,7 +118,9 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ]
     checks = [
         _partition_check(ENOUGH_ROWS_CHECK, RAW, "The window holds at least MIN_TRAINING_ROWS "
-                         "clean readings (blocking).", partitions_def, blocking=True),
+                         "clean readings free of data-quality flags, and they are at least "
+                         "MIN_USABLE_SHARE of its readings (blocking).", partitions_def,
+                         blocking=True),
         _partition_check(FRESH_READINGS_CHECK, RAW, "The latest reading is at most one period "
                          "older than the cutoff: a silent tracker still trains, on stale data "
                          "(warning).", partitions_def),
@@ -165,12 +167,15 @@ def _device_events(result: steps.AttemptResult, batch: Batch, settings: Settings
         yield dg.AssetMaterialization(RAW, partition=key, metadata={
             "window_start": attempt.window_start.isoformat(),
             "window_end": attempt.cutoff.isoformat(), "days_used": attempt.days,
-            "rows": len(window.frame), **window.report.as_metadata()})
+            "rows": len(window.frame), **window.report.as_metadata(),
+            **(window.quality.as_metadata() if window.quality is not None else {})})
     if window is not None:  # the window's checks also run alone ("Execute check" in the UI)
         if ENOUGH_ROWS_CHECK in batch.checks:
             yield _check(RAW, ENOUGH_ROWS_CHECK, key, window.enough, dg.AssetCheckSeverity.ERROR,
                          None if window.enough else window.message,
-                         {"rows": len(window.frame), "min_training_rows": policy.min_training_rows},
+                         {"rows": len(window.frame), "min_training_rows": policy.min_training_rows,
+                          **(window.quality.as_metadata() if window.quality is not None else {}),
+                          "min_usable_share": policy.min_usable_share},
                          blocking=True)
         if FRESH_READINGS_CHECK in batch.checks:
             yield _freshness_result(key, window.report.last_timestamp,

@@ -87,6 +87,7 @@ class RetrainPolicy(dg.ConfigurableResource):
     model_type: str = "hist_gradient_boosting"
     feature_set: str = "solar"
     min_training_rows: int = 100
+    min_usable_share: float = 0.5
     mae_threshold_percent: float = 10.0
     require_beat_persistence: bool = True
     timezone: str = "Asia/Colombo"

@@ -23,7 +23,7 @@ RUN_FIELDS = (
     # this project
     "partition_key", "window_start", "window_end", "version", "model_type",
     "persistence_mae", "skill", "champion_version", "champion_mae", "decision_reason",
-    "duration_s", *EXTRA_METRIC_FIELDS,
+    "duration_s", "quality_flags", "usable_share", *EXTRA_METRIC_FIELDS,
 )
 STATUS_SUCCESS = "success"
 STATUS_FAILED = "failed"

@@ -305,3 +305,25 @@ def test_a_challenger_that_beats_persistence_replaces_a_champion_that_does_not_e
     kept = store.get_run(_retrain(gated, device_with_data))
     assert (kept["promoted"], kept["decision_rule"]) == (False, "worse")
     assert _pointer(settings, device_with_data)["version"] == replaced["version"]
+
+
+def test_a_window_too_flagged_to_train_fails_enough_rows_with_the_reason_and_counts(settings, store):
+    from solar_ml_pipeline.readings.simulator import Fault, simulate_readings
+
+    # the power sensor dies at 0 W one night: every daylight reading after it is stuck
+    dead = simulate_readings("tracker01", start=PERIOD_START - timedelta(days=8), end=PERIOD_START,
+                             faults=[Fault("stuck", PERIOD_START - timedelta(days=6, hours=22))])
+    store.write_readings(dead.to_dict("records"))
+    run_id = _retrain(settings, "tracker01")
+    record = store.get_run(run_id)
+    assert record["status"] == "failed" and "below MIN_USABLE_SHARE 50 %" in record["error"]
+    check = _check_evaluations(run_id)["enough_rows"]
+    assert check.passed is False and check.description == record["error"]
+    assert check.metadata["min_usable_share"].value == 0.5
+    raw = _materialisation_metadata(run_id)["raw_readings"]
+    for metadata in (check.metadata, raw):
+        assert isinstance(metadata["quality_stuck"], dg.IntMetadataValue)
+        assert metadata["quality_stuck"].value == record["quality_flags"]["stuck"] > 1000
+        assert metadata["usable_share"].value == record["usable_share"]
+        assert metadata["daylight_usable_share"].value < 0.5  # a healthy first day, then none
+    assert set(_materialisation_metadata(run_id)) == {"raw_readings"}
