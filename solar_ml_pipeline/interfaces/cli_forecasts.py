@@ -1,7 +1,8 @@
-"""`solar-ml scores` and `solar-ml backtest`: how good were the forecasts that served.
+"""`solar-ml scores`, `solar-ml backtest` and `solar-ml report`: how good were the forecasts
+that served.
 
-Thin like cli_manage: each handler calls one function of `operations` (shared with the API)
-and formats its dict. Neither imports Dagster.
+Thin like cli_manage: each handler calls one function of `accountability` (shared with the
+API), or of `report` for the HTML page, and formats its dict. None imports Dagster.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.interfaces import accountability
 from solar_ml_pipeline.interfaces.cli_common import (
     EXIT_OK,
+    CommandFailed,
     add_json_flag,
     emit,
     number,
@@ -87,8 +89,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from solar_ml_pipeline.interfaces import report  # matplotlib: loaded for this command only
+
+    try:
+        made = with_store(settings, lambda store: report.make_report(
+            settings, store, args.device, args.out, days=args.days, day=args.day))
+    except (report.NothingToReport, report.ReportNotWritten) as exc:
+        raise CommandFailed(str(exc)) from None
+    emit(args, made, lambda: (
+        f"wrote {made['out']}: {made['device_id']}, {made['periods']} scored period(s), "
+        f"{made['moves']} pointer move(s), power plotted for period {made['day']}"))
+    return EXIT_OK
+
+
 def add_commands(sub: Any) -> None:
-    """Adds `scores` and `backtest` to the `solar-ml` subcommands."""
+    """Adds `scores`, `backtest` and `report` to the `solar-ml` subcommands."""
     p = sub.add_parser("scores", help="realised forecast scores per period: what served, its "
                                       "daylight MAE and skill against both baselines")
     p.add_argument("--device", required=True)
@@ -106,3 +122,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="JSON lines: one object per reading, then {\"summary\": ...}")
     p.set_defaults(handler=cmd_backtest)
+
+    p = sub.add_parser(
+        "report", help="a self-contained HTML page: realised vs forecast power for one period, "
+                       "daily realised skill against both baselines, pointer moves marked")
+    p.add_argument("--device", required=True)
+    p.add_argument("--days", type=positive_int, default=accountability.DEFAULT_SCORE_DAYS,
+                   help="scored periods and moves of the last N days (default %(default)s)")
+    p.add_argument("--day", help="period whose power to plot, YYYY-MM-DD as `solar-ml scores` "
+                                 "lists it (default: the newest scored period)")
+    p.add_argument("--out", required=True, help="the HTML file to write (replaced whole)")
+    add_json_flag(p)
+    p.set_defaults(handler=cmd_report)
