@@ -20,6 +20,7 @@ import pandas as pd
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.forecasting import features as feature_frames
 from solar_ml_pipeline.forecasting.prediction import LOOKBACK, serving_site
+from solar_ml_pipeline.forecasting.quality import flag_readings
 from solar_ml_pipeline.forecasting.training import FeaturesUnavailable
 from solar_ml_pipeline.model_store.registry import (
     SERVING_FALLBACK,
@@ -28,11 +29,12 @@ from solar_ml_pipeline.model_store.registry import (
     parse_history_time,
     served_at,
 )
+from solar_ml_pipeline.readings.cleaning import clean_readings
 from solar_ml_pipeline.readings.sites import site_for_device
 from solar_ml_pipeline.storage.base import Store
 
 ROW_FIELDS = ("timestamp", "forecast_for", "predicted_power", "power_at_target", "persistence",
-              "smart_persistence", "served_by", "daylight")
+              "smart_persistence", "served_by", "daylight", "flagged")
 MAX_SPAN = timedelta(days=400)
 
 
@@ -48,7 +50,8 @@ class BacktestUnavailable(LookupError):
 class Backtest:
     """Every reading of the span with its served forecast and both baselines (`rows`,
     columns ROW_FIELDS; `served_by` a version id, `smart_persistence`, or None before
-    anything served), and the pooled summary of the rows that can be scored."""
+    anything served; `flagged` when a data-quality flag touches the reading or the one it is
+    scored against), and the pooled summary of the rows that can be scored."""
 
     device_id: str
     start: datetime
@@ -59,8 +62,10 @@ class Backtest:
 
 def pooled_scores(rows: pd.DataFrame) -> dict[str, Any]:
     """MAE, RMSE and skill against persistence and smart persistence, all hours and in
-    daylight, over rows that have a forecast and a realised power at the target time."""
+    daylight, over unflagged rows that have a forecast and a realised power at the target."""
     scored = rows[rows["predicted_power"].notna() & rows["power_at_target"].notna()]
+    if "flagged" in rows:
+        scored = scored[~scored["flagged"].astype(bool)]
     out: dict[str, Any] = {"rows_scored": len(scored)}
     for label, part in (("", scored), ("daylight_", scored[scored["daylight"]])):
         actual = part["power_at_target"].to_numpy(dtype="float64")
@@ -128,6 +133,10 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
         readings, horizon_minutes=horizon, timezone=settings.timezone, feature_set="solar",
         with_target=False, site=site).frame
     reference["power_at_target"] = feature_frames.target_power(reference, horizon)
+    clean, _ = clean_readings(readings)
+    quality = flag_readings(clean, site)
+    reference["flagged"] = _flagged(reference, clean["timestamp"], ~quality.usable.to_numpy(),
+                                    horizon)
     stamps = reference["timestamp"]
     rows = reference[(stamps >= start) & (stamps < end)].reset_index(drop=True)
     served = _served_by(history, rows["timestamp"])
@@ -152,6 +161,7 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
         "smart_persistence": rows[feature_frames.SMART_PERSISTENCE],
         "served_by": served,
         "daylight": rows[feature_frames.DAYLIGHT].astype(bool),
+        "flagged": rows["flagged"].astype(bool),
     })
     summary = {
         "device_id": device_id, "start": _iso(start), "end": _iso(end),
@@ -159,9 +169,21 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
         "rows_unserved": int(pd.isna(out["served_by"]).sum()),
         "served_by": {str(k): int(v) for k, v in out["served_by"].value_counts().items()},
         "unavailable": unavailable,
+        "rows_flagged": int(out["flagged"].sum()),
+        "quality_flags": {name: int(count) for name, count in quality.counts.items()},
         **pooled_scores(out),
     }
     return Backtest(device_id, start, end, out, summary)
+
+
+def _flagged(reference: pd.DataFrame, stamps: pd.Series, flags: np.ndarray,
+             horizon: int) -> np.ndarray:
+    """Per row: is its reading, or the reading its target matched, flagged? (The target is
+    matched as features.target_power matches it, on the flags instead of the power.)"""
+    marks = pd.DataFrame({"timestamp": stamps.to_numpy(), "power": flags.astype(float)})
+    at_target = feature_frames.target_power(marks, horizon) > 0.5  # NaN (no match) is False
+    either = pd.Series(flags | at_target, index=stamps.to_numpy())
+    return either.reindex(reference["timestamp"].to_numpy()).fillna(False).to_numpy(dtype=bool)
 
 
 def _served_by(history: list[dict[str, Any]], stamps: pd.Series) -> np.ndarray:

@@ -41,7 +41,7 @@ POSITIVE_SKILL_CHECK = "positive_skill"
 SHOWN_FAILURES = 5
 
 
-def _partition_check(name: str, asset: str, description: str,
+def partition_check(name: str, asset: str, description: str,
                      partitions_def: dg.PartitionsDefinition, blocking: bool = False) -> dg.AssetCheckSpec:
     """A check recorded per device x period partition (partitioned check specs are Preview)."""
     with warnings.catch_warnings():
@@ -117,14 +117,14 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "(metadata serving_fallback = 1).")),
     ]
     checks = [
-        _partition_check(ENOUGH_ROWS_CHECK, RAW, "The window holds at least MIN_TRAINING_ROWS "
+        partition_check(ENOUGH_ROWS_CHECK, RAW, "The window holds at least MIN_TRAINING_ROWS "
                          "clean readings free of data-quality flags, and they are at least "
                          "MIN_USABLE_SHARE of its readings (blocking).", partitions_def,
                          blocking=True),
-        _partition_check(FRESH_READINGS_CHECK, RAW, "The latest reading is at most one period "
+        partition_check(FRESH_READINGS_CHECK, RAW, "The latest reading is at most one period "
                          "older than the cutoff: a silent tracker still trains, on stale data "
                          "(warning).", partitions_def),
-        _partition_check(POSITIVE_SKILL_CHECK, MODEL, "The model beats persistence (skill > 0) "
+        partition_check(POSITIVE_SKILL_CHECK, MODEL, "The model beats persistence (skill > 0) "
                          "on its test window; a model that does not is stored and judged, but "
                          "is not worth serving (warning).", partitions_def),
     ]

@@ -20,7 +20,7 @@ from solar_ml_pipeline.config import Settings
 from solar_ml_pipeline.forecasting import scoring
 from solar_ml_pipeline.forecasting.backtest import BacktestUnavailable
 from solar_ml_pipeline.orchestration.alerts import post_alert, run_url
-from solar_ml_pipeline.orchestration.assets import DECISION, GROUP, OWNERS, _partition_check
+from solar_ml_pipeline.orchestration.assets import DECISION, GROUP, OWNERS, partition_check
 from solar_ml_pipeline.orchestration.batches import batch_run_requests, split_key
 from solar_ml_pipeline.orchestration.jobs import SCORE_JOB
 from solar_ml_pipeline.orchestration.partitions import (
@@ -55,7 +55,7 @@ def build_score_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "readings are in: all-hours and daylight MAE and RMSE, skill against persistence "
             "and smart persistence. Then the drift guard: a model losing to smart persistence "
             "for DRIFT_PERIODS scored periods in a row is replaced."))
-    check = _partition_check(
+    check = partition_check(
         REALISED_SKILL_CHECK, SCORE_ASSET, "The served forecasts beat both persistence and "
         "smart persistence in daylight over the period (warning).", partitions_def)
 

@@ -181,6 +181,28 @@ def test_a_span_that_cannot_be_backtested_says_why(replay, start, end, error, me
         backtest(replay.settings, replay.store, replay.registry, DEVICE, start, end)
 
 
+def test_a_stuck_sensor_segment_is_flagged_and_left_out_of_the_scores(replay, tmp_path):
+    """Readings frozen for two hours of daylight (Fault('stuck')) are flagged; their rows and
+    the rows scored against them count in no skill."""
+    from solar_ml_pipeline.readings.faults import Fault
+
+    day = FIRST_CUTOFF + DAY  # 18:30 Colombo: the stuck hours are the next morning
+    stuck = Fault("stuck", start=day + timedelta(hours=16), end=day + timedelta(hours=18))
+    frozen = simulate_readings("stuck01", start=day - DAY, end=day + 2 * DAY,
+                               interval_minutes=1, seed=3, site=DEFAULT_SITE, faults=[stuck])
+    replay.store.write_readings(frozen.to_dict("records"))
+    as_if = [{"at": (day - DAY).isoformat(), "version": None, "serving": "smart_persistence"}]
+    result = backtest(replay.settings, replay.store, replay.registry, "stuck01", day,
+                      day + DAY, history=as_if)
+    rows = result.rows
+    inside = rows["timestamp"].between(stuck.start, stuck.end, inclusive="left")
+    assert rows.loc[inside, "flagged"].mean() > 0.9  # the first minutes are not yet "stuck"
+    assert result.summary["quality_flags"]["stuck"] >= 100
+    assert result.summary["rows_flagged"] == int(rows["flagged"].sum())
+    kept = rows[~rows["flagged"] & rows["power_at_target"].notna()]
+    assert result.summary["rows_scored"] == len(kept)
+
+
 def test_a_backtest_writes_nothing(replay):
     pointer = replay.registry.pointer_path(DEVICE).read_bytes()
     history = replay.registry.history_path(DEVICE).read_bytes()

@@ -59,8 +59,10 @@ def test_backtest_prints_json_lines_then_a_summary_matching_its_rows(home_env, c
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rows, summary = lines[:-1], lines[-1]["summary"]
     assert set(rows[0]) == {"timestamp", "forecast_for", "predicted_power", "power_at_target",
-                            "persistence", "smart_persistence", "served_by", "daylight"}
-    scored = [r for r in rows if r["daylight"] and r["predicted_power"] is not None
+                            "persistence", "smart_persistence", "served_by", "daylight",
+                            "flagged"}
+    scored = [r for r in rows if r["daylight"] and not r["flagged"]
+              and r["predicted_power"] is not None
               and r["power_at_target"] is not None]
     model = sum(abs(r["predicted_power"] - r["power_at_target"]) for r in scored)
     smart = sum(abs(r["smart_persistence"] - r["power_at_target"]) for r in scored)
