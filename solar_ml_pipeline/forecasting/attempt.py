@@ -211,6 +211,7 @@ def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, poli
         "window_end": _iso_z(attempt.cutoff),
         "cutoff": _iso_z(attempt.cutoff),
         **(quality.as_fields() if quality is not None else {}),
+        "intervals": evaluation.intervals,
     }
     return ModelCandidate(device_id=attempt.device_id, version=version, model=model, meta=meta)
 
@@ -308,6 +309,7 @@ def decide_and_record(store: Store, registry: ModelRegistry, attempt: Attempt,
                 new_pointer = registry.set_fallback(
                     device_id, reason=decision.reason, challenger_version=stored.version,
                     cutoff=stored.meta["cutoff"], run_id=attempt.run_id,
+                    intervals=smart_persistence_band(stored.meta),
                     figures={"daylight_mae": challenger.gate_mae,
                              "daylight_persistence_mae": challenger.persistence_mae,
                              "champion_daylight_mae": record["champion_daylight_mae"]})
@@ -318,6 +320,14 @@ def decide_and_record(store: Store, registry: ModelRegistry, attempt: Attempt,
                 record["duration_s"])})
             raise
     return Outcome(record, decision, challenger, champion, new_pointer)
+
+
+def smart_persistence_band(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The smart-persistence interval model a version's test window calibrated: what a
+    fallback pointer carries, so fallback forecasts come with P10/P90 too."""
+    bands = meta.get("intervals") or {}
+    band = bands.get("smart_persistence") if isinstance(bands, dict) else None
+    return {"smart_persistence": band} if band else None
 
 
 def record_failure(store: Store, attempt: Attempt, policy: Policy, message: str,

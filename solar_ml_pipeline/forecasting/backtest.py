@@ -19,6 +19,7 @@ import pandas as pd
 
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.forecasting import features as feature_frames
+from solar_ml_pipeline.forecasting.intervals import band
 from solar_ml_pipeline.forecasting.prediction import LOOKBACK, serving_site
 from solar_ml_pipeline.forecasting.quality import flag_readings
 from solar_ml_pipeline.forecasting.training import FeaturesUnavailable
@@ -33,8 +34,8 @@ from solar_ml_pipeline.readings.cleaning import clean_readings
 from solar_ml_pipeline.readings.sites import site_for_device
 from solar_ml_pipeline.storage.base import Store
 
-ROW_FIELDS = ("timestamp", "forecast_for", "predicted_power", "power_at_target", "persistence",
-              "smart_persistence", "served_by", "daylight", "flagged")
+ROW_FIELDS = ("timestamp", "forecast_for", "predicted_power", "p10", "p90", "power_at_target",
+              "persistence", "smart_persistence", "served_by", "daylight", "flagged")
 MAX_SPAN = timedelta(days=400)
 
 
@@ -82,6 +83,14 @@ def pooled_scores(rows: pd.DataFrame) -> dict[str, Any]:
         out[f"{label}smart_persistence_mae"] = mae["smart"]
         out[f"{label}skill"] = _skill(mae["served"], mae["persistence"])
         out[f"{label}skill_smart"] = _skill(mae["served"], mae["smart"])
+    day = scored[scored["daylight"]]
+    if "p10" in day and day["p10"].notna().any():  # realised P10-P90 coverage in daylight
+        banded = day[day["p10"].notna() & day["p90"].notna()]
+        inside = banded["power_at_target"].between(banded["p10"], banded["p90"])
+        out["daylight_interval_coverage"] = float(inside.mean())
+        out["daylight_interval_width"] = float((banded["p90"] - banded["p10"]).mean())
+    else:
+        out["daylight_interval_coverage"] = out["daylight_interval_width"] = None
     return out
 
 
@@ -139,7 +148,7 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
                                     horizon)
     stamps = reference["timestamp"]
     rows = reference[(stamps >= start) & (stamps < end)].reset_index(drop=True)
-    served = _served_by(history, rows["timestamp"])
+    served, in_force = _served_by(history, rows["timestamp"])
     predicted = np.full(len(rows), np.nan)
     fallback = served == SERVING_FALLBACK
     predicted[fallback] = rows.loc[fallback, feature_frames.SMART_PERSISTENCE].to_numpy()
@@ -152,10 +161,13 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
             unavailable.append(version)
         else:
             predicted[mask] = forecast
+    p10, p90 = _bands(history, in_force, rows, predicted)
     out = pd.DataFrame({
         "timestamp": rows["timestamp"],
         "forecast_for": rows["timestamp"] + pd.Timedelta(minutes=horizon),
         "predicted_power": predicted,
+        "p10": p10,
+        "p90": p90,
         "power_at_target": rows["power_at_target"],
         "persistence": rows["power"],
         "smart_persistence": rows[feature_frames.SMART_PERSISTENCE],
@@ -186,15 +198,30 @@ def _flagged(reference: pd.DataFrame, stamps: pd.Series, flags: np.ndarray,
     return either.reindex(reference["timestamp"].to_numpy()).fillna(False).to_numpy(dtype=bool)
 
 
-def _served_by(history: list[dict[str, Any]], stamps: pd.Series) -> np.ndarray:
+def _bands(history: list[dict[str, Any]], in_force: np.ndarray, rows: pd.DataFrame,
+           predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P10 and P90 per row from the band that served with each move (NaN where none)."""
+    p10, p90 = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    for entry_index in np.unique(in_force[in_force > 0]):
+        entry = history[entry_index - 1]
+        kind = "model" if entry.get("version") else SERVING_FALLBACK
+        mask = in_force == entry_index
+        made = band((entry.get("intervals") or {}).get(kind), rows[mask], predicted[mask])
+        if made is not None:
+            p10[mask], p90[mask] = made[0], made[2]
+    return p10, p90
+
+
+def _served_by(history: list[dict[str, Any]], stamps: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Per reading, the version that served it, `smart_persistence`, or None (the last
-    move at or before the reading, as history.served_at decides for one moment)."""
+    move at or before the reading, as history.served_at decides for one moment), and the
+    1-based index of that move in `history` (0: none)."""
     moves = pd.DatetimeIndex([parse_history_time(entry["at"]) for entry in history]).as_unit("ns")
     labels = np.array([None] + [entry["version"] or SERVING_FALLBACK for entry in history],
                       dtype=object)
     in_force = np.searchsorted(moves.asi8, stamps.dt.as_unit("ns").astype("int64").to_numpy(),
                                side="right")
-    return labels[in_force]
+    return labels[in_force], in_force
 
 
 def _model_forecast(settings: Settings, store: Store, registry: ModelRegistry, device_id: str,

@@ -107,6 +107,7 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
         predicted = float(model.predict(latest)[0])
     except FeaturesUnavailable as exc:
         raise PredictionUnavailable(f"device {device_id}, model {served.version}: {exc}") from None
+    bands = served.pointer.get("intervals") or {}
     return {
         "device_id": device_id,
         "serving": SERVING_MODEL,
@@ -116,10 +117,22 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
         "based_on": iso_z(based_on),
         "forecast_for": iso_z(based_on + timedelta(minutes=horizon)),
         "predicted_power": predicted,
+        **interval_fields(bands.get("model"), latest, predicted),
         "current_power": float(latest["power"].iloc[0]),
         "readings_used": len(built.frame),
         "generated_at": iso_z(now),
     }
+
+
+def interval_fields(intervals: dict[str, Any] | None, row: Any,
+                    predicted: float) -> dict[str, float | None]:
+    """p10/p50/p90 of one forecast (None for versions trained before intervals existed)."""
+    from solar_ml_pipeline.forecasting.intervals import band
+
+    made = band(intervals, row, [predicted])
+    if made is None:
+        return {"p10": None, "p50": predicted, "p90": None}
+    return {"p10": float(made[0][0]), "p50": float(made[1][0]), "p90": float(made[2][0])}
 
 
 def _smart_persistence_latest(settings: Settings, store: Store, served: ServedModel,
@@ -137,10 +150,18 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
     if usable.empty:
         raise _nothing_recent(store, device_id, now, horizon)
     # Row by row: the newest reading (clean_readings sorts by time) is all the answer needs.
-    latest = smart_persistence_forecast(
-        usable.tail(1), site_for_device(store, settings, device_id), horizon).iloc[-1]
+    site = site_for_device(store, settings, device_id)
+    latest = smart_persistence_forecast(usable.tail(1), site, horizon).iloc[-1]
     based_on = latest["timestamp"].to_pydatetime()
     _check_fresh(device_id, based_on, now, horizon)
+    band = (served.pointer.get("intervals") or {}).get("smart_persistence")
+    row = None
+    if band:  # the band needs the sky's variability over the last hour: the solar frame
+        from solar_ml_pipeline.forecasting.features import build_feature_frame
+
+        row = build_feature_frame(usable, horizon_minutes=horizon, timezone=settings.timezone,
+                                  feature_set="solar", with_target=False,
+                                  site=site).frame.iloc[[-1]]
     return {
         "device_id": device_id,
         "serving": SERVING_FALLBACK,
@@ -151,6 +172,8 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
         "based_on": iso_z(based_on),
         "forecast_for": iso_z(latest["forecast_for"].to_pydatetime()),
         "predicted_power": float(latest["predicted_power"]),
+        **interval_fields(band if row is not None else None, row,
+                          float(latest["predicted_power"])),
         "current_power": float(usable["power"].iloc[-1]),
         "clear_sky_index": float(latest["clear_sky_index"]),
         "readings_used": len(usable),

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.forecasting.attempt import smart_persistence_band
 from solar_ml_pipeline.forecasting.backtest import backtest, pooled_scores
 from solar_ml_pipeline.forecasting.features import default_tolerance
 from solar_ml_pipeline.model_store.registry import (
@@ -42,7 +43,8 @@ SCORE_METRICS = (
     "rows", "rows_scored", "rows_unserved", "mae", "rmse", "persistence_mae",
     "smart_persistence_mae", "skill", "skill_smart", "daylight_rows", "daylight_mae",
     "daylight_rmse", "daylight_persistence_mae", "daylight_smart_persistence_mae",
-    "daylight_skill", "daylight_skill_smart",
+    "daylight_skill", "daylight_skill_smart", "daylight_interval_coverage",
+    "daylight_interval_width",
 )
 
 
@@ -157,7 +159,9 @@ def guard_against_drift(settings: Settings, store: Store, registry: ModelRegistr
             registry.set_pointer(device_id, replacement, move=MOVE_DRIFT, run_id=run_id,
                                  reason=reason)
         else:
-            registry.set_fallback(device_id, reason=reason, move=MOVE_DRIFT, run_id=run_id)
+            registry.set_fallback(
+                device_id, reason=reason, move=MOVE_DRIFT, run_id=run_id,
+                intervals=smart_persistence_band(registry.read_meta(device_id, verdict.version)))
     return record
 
 

@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from solar_ml_pipeline.config import MODEL_TYPES
 from solar_ml_pipeline.forecasting.features import DAYLIGHT, SMART_PERSISTENCE, TARGET, FeatureFrame
+from solar_ml_pipeline.forecasting.intervals import calibrated
 from solar_ml_pipeline.storage.base import SITE_FIELDS
 
 TRAIN_FRACTION = 0.8
@@ -175,6 +176,11 @@ class Evaluation:
     daylight_rmse_skill: float | None = None
     daylight_smart_persistence_mae: float | None = None
     daylight_skill_smart: float | None = None
+    # P10-P90 band (intervals.py): held-out daylight coverage and mean width on the test
+    # window, and the interval models of the forecast and of smart persistence (JSON).
+    interval_coverage: float | None = None
+    interval_width: float | None = None
+    intervals: dict[str, Any] | None = None
 
     def as_metrics(self) -> dict[str, float | int]:
         metrics: dict[str, float | int] = {
@@ -200,6 +206,7 @@ _OPTIONAL_METRICS = (
     "rmse_skill_smart", "daylight_samples", "daylight_mae", "daylight_rmse",
     "daylight_persistence_mae", "daylight_persistence_rmse", "daylight_skill",
     "daylight_rmse_skill", "daylight_smart_persistence_mae", "daylight_skill_smart",
+    "interval_coverage", "interval_width",
 )
 
 
@@ -355,6 +362,12 @@ def _train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon
     persistence = test["power"].to_numpy(dtype="float64")
     mae = float(mean_absolute_error(actual, predicted))
     persistence_mae = float(mean_absolute_error(actual, persistence))
+    capacity = getattr(feature_frame.site, "capacity_w", None)
+    model_band, cover, width = calibrated(test, predicted, capacity)
+    bands = {"model": model_band}
+    if SMART_PERSISTENCE in test.columns:
+        bands["smart_persistence"] = calibrated(
+            test, test[SMART_PERSISTENCE].to_numpy(dtype="float64"), capacity)[0]
     evaluation = Evaluation(
         mae=mae,
         rmse=float(np.sqrt(mean_squared_error(actual, predicted))),
@@ -366,6 +379,7 @@ def _train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon
         test_samples=len(test),
         rows_used=len(frame),
         **baseline_metrics(test, predicted),
+        interval_coverage=cover, interval_width=width, intervals=bands,
     )
     return model, evaluation
 

@@ -202,11 +202,18 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     source = (f"smart persistence, no model: {forecast['reason']}"
               if on_smart_persistence(forecast) else f"model {forecast['version']}")
     emit(args, forecast, lambda: (
-        f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)} forecast for "
+        f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)}"
+        f"{interval_text(forecast)} forecast for "
         f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "
         f"{forecast['based_on']}, power then {number(forecast['current_power'], 1)}); "
         f"{source}"))
     return EXIT_OK
+
+
+def interval_text(forecast: dict[str, Any]) -> str:
+    if forecast.get("p10") is None or forecast.get("p90") is None:
+        return ""
+    return f" (P10-P90 {number(forecast['p10'], 1)}-{number(forecast['p90'], 1)})"
 
 
 # --- parser -----------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ def entry_for(pointer: dict[str, Any], move: str, replaced: str | None,
         "replaced": replaced,
         "reason": pointer.get("reason"),
         "run_id": run_id,
+        # the P10/P90 band that served with it, so a backtest gives past intervals too
+        "intervals": pointer.get("intervals"),
     }
 
 

@@ -104,6 +104,7 @@ class PointerMoves(DeviceLocks, PointerHistory, VersionStore):
         self, device_id: str, *, reason: str, challenger_version: str | None = None,
         cutoff: str | None = None, figures: dict[str, float | None] | None = None,
         move: str = MOVE_FALLBACK, run_id: str | None = None,
+        intervals: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Say the device is served by smart persistence: no model of it beats persistence.
 
@@ -128,6 +129,8 @@ class PointerMoves(DeviceLocks, PointerHistory, VersionStore):
             "cutoff": cutoff,
             **{name: known.get(name) for name in FALLBACK_FIGURES},
         }
+        if intervals:  # smart persistence's P10/P90 band, calibrated by the challenger
+            pointer["intervals"] = intervals
         return self._store_pointer(device_id, pointer, move=move, run_id=run_id)
 
     def restore_pointer(self, device_id: str, pointer: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 EXTRA_METRIC_FIELDS = (
     "rmse_skill", "smart_persistence_mae", "skill_smart", "daylight_mae",
     "daylight_persistence_mae", "daylight_skill", "daylight_skill_smart",
+    "interval_coverage", "interval_width",
 )
 RUN_FIELDS = (
     # original system
