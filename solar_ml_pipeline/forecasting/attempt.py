@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from solar_ml_pipeline.config import Settings, validate_device_id
-from solar_ml_pipeline.forecasting import features, promotion, training
+from solar_ml_pipeline.forecasting import cold_start, features, promotion, training
 from solar_ml_pipeline.forecasting.decision import Champion, ServingDecision, decide_serving
 from solar_ml_pipeline.forecasting.quality import QualityReport, QualityRules, flag_readings
 from solar_ml_pipeline.model_store.registry import (
@@ -54,6 +54,7 @@ class Policy:
     feature_set: str = "solar"
     min_training_rows: int = 100
     min_usable_share: float = 0.5
+    cold_start_days: float = 3.0
     mae_threshold_percent: float = 10.0
     require_beat_persistence: bool = True
     timezone: str = "Asia/Colombo"
@@ -65,6 +66,7 @@ class Policy:
             model_type=settings.model_type, feature_set=settings.feature_set,
             min_training_rows=settings.min_training_rows,
             min_usable_share=settings.min_usable_share,
+            cold_start_days=settings.cold_start_days,
             mae_threshold_percent=settings.mae_threshold_percent,
             require_beat_persistence=settings.require_beat_persistence,
             timezone=settings.timezone,
@@ -182,15 +184,37 @@ def build_features(readings: pd.DataFrame, store: Store, settings: Settings, att
     )
 
 
-def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, policy: Policy, *,
-                    threads: int | None = None,
-                    quality: QualityReport | None = None) -> ModelCandidate:
-    """A fitted model scored on its test window, with the meta its version file will carry
-    (`quality_flags` and `usable_share` of the window when `quality` is given)."""
+def _own_or_fleet(frame: features.FeatureFrame, attempt: Attempt, policy: Policy,
+                  threads: int | None, teachers: tuple[Settings, Store] | None
+                  ) -> tuple[Any, training.Evaluation, dict[str, Any]]:
+    """A young device's fleet model (when other devices can teach), else its own model."""
+    young = (teachers is not None and policy.feature_set == cold_start.COLD_START_FEATURE_SET
+             and cold_start.is_young(frame.frame, attempt.cutoff,
+                                     min(policy.retrain_days, policy.cold_start_days)))
+    if young:
+        settings, store = teachers
+        fleet = cold_start.train_fleet_candidate(
+            settings, store, attempt.device_id, attempt.cutoff, frame,
+            model_type=policy.model_type, horizon_minutes=policy.horizon_minutes,
+            threads=threads)
+        if fleet is not None:
+            model, evaluation = fleet
+            return model, evaluation, {"cold_start": True, "trained_on": model.trained_on}
     model, evaluation = training.train_and_evaluate(
-        feature_frame, model_type=policy.model_type, horizon_minutes=policy.horizon_minutes,
-        feature_set=policy.feature_set, threads=threads,
-    )
+        frame, model_type=policy.model_type, horizon_minutes=policy.horizon_minutes,
+        feature_set=policy.feature_set, threads=threads)
+    return model, evaluation, {"cold_start": False}
+
+
+def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, policy: Policy, *,
+                    threads: int | None = None, quality: QualityReport | None = None,
+                    teachers: tuple[Settings, Store] | None = None) -> ModelCandidate:
+    """A fitted model scored on its test window, with the meta its version file will carry
+    (`quality_flags` and `usable_share` of the window when `quality` is given). With
+    `teachers` (settings and store), a device younger than RETRAIN_DAYS gets the fleet model
+    instead (cold_start.py), scored on its own test rows; the meta says which."""
+    model, evaluation, fleet_meta = _own_or_fleet(feature_frame, attempt, policy, threads,
+                                                  teachers)
     trained_at = utc_now()
     version = ModelRegistry.new_version_id(trained_at)
     metrics = evaluation.as_metrics()
@@ -202,9 +226,10 @@ def train_candidate(feature_frame: features.FeatureFrame, attempt: Attempt, poli
         "rows_used": int(metrics.get("rows_used", len(feature_frame.frame))),
         "features": list(model.features),
         "metrics": metrics,
-        "model_type": policy.model_type,
-        "feature_set": policy.feature_set,
+        "model_type": getattr(model, "model_type", policy.model_type),
+        "feature_set": getattr(model, "feature_set", policy.feature_set),
         "horizon_minutes": policy.horizon_minutes,
+        **fleet_meta,
         "partition_key": attempt.partition_key,
         "period": attempt.period_key,
         "window_start": _iso_z(attempt.window_start),
@@ -267,6 +292,7 @@ def _success_record(attempt: Attempt, stored: StoredVersion, decision: ServingDe
         champion_version=old.version if old else None,
         champion_mae=_finite_or_none(old.mae) if old else None,
         champion_daylight_mae=old.gate_mae if old else None, serving=decision.serving,
+        cold_start=bool(meta.get("cold_start")),
         duration_s=attempt.duration_s(), finished_at=utc_now(),
         quality_flags=meta.get("quality_flags"), usable_share=meta.get("usable_share"),
     )
@@ -403,7 +429,8 @@ def run_attempt(settings: Settings, store: Store, registry: ModelRegistry, attem
         if train:
             step = TRAIN
             result.candidate = train_candidate(result.frame, attempt, policy, threads=threads,
-                                               quality=result.window.quality)
+                                               quality=result.window.quality,
+                                               teachers=(settings, store))
             result.stored = store_candidate(registry, result.candidate, attempt.launched_by)
         if decide:
             step = DECIDE

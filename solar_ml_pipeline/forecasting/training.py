@@ -357,31 +357,38 @@ def _train_and_evaluate(feature_frame: FeatureFrame, *, model_type: str, horizon
         trained_at=trained_at or datetime.now(UTC), timezone=feature_frame.timezone,
         site=site_record(feature_frame.site), target=target,
     )
+    evaluation = evaluate_on_test(model, test, train_samples=len(train), rows_used=len(frame),
+                                  capacity_w=getattr(feature_frame.site, "capacity_w", None))
+    return model, evaluation
+
+
+def evaluate_on_test(model: Any, test: pd.DataFrame, *, train_samples: int, rows_used: int,
+                     capacity_w: float | None) -> Evaluation:
+    """The Evaluation of any fitted model (own or fleet) on a device's test rows: MAE, RMSE,
+    skill against persistence and smart persistence, daylight figures, P10-P90 bands."""
     actual = _target_values(test)
     predicted = model.predict(test)
     persistence = test["power"].to_numpy(dtype="float64")
     mae = float(mean_absolute_error(actual, predicted))
     persistence_mae = float(mean_absolute_error(actual, persistence))
-    capacity = getattr(feature_frame.site, "capacity_w", None)
-    model_band, cover, width = calibrated(test, predicted, capacity)
+    model_band, cover, width = calibrated(test, predicted, capacity_w)
     bands = {"model": model_band}
     if SMART_PERSISTENCE in test.columns:
         bands["smart_persistence"] = calibrated(
-            test, test[SMART_PERSISTENCE].to_numpy(dtype="float64"), capacity)[0]
-    evaluation = Evaluation(
+            test, test[SMART_PERSISTENCE].to_numpy(dtype="float64"), capacity_w)[0]
+    return Evaluation(
         mae=mae,
         rmse=float(np.sqrt(mean_squared_error(actual, predicted))),
         r2=float(r2_score(actual, predicted)),
         persistence_mae=persistence_mae,
         persistence_rmse=float(np.sqrt(mean_squared_error(actual, persistence))),
         skill=skill_score(mae, persistence_mae),
-        train_samples=len(train),
+        train_samples=train_samples,
         test_samples=len(test),
-        rows_used=len(frame),
+        rows_used=rows_used,
         **baseline_metrics(test, predicted),
         interval_coverage=cover, interval_width=width, intervals=bands,
     )
-    return model, evaluation
 
 
 def _mae_rmse(actual: np.ndarray, forecast: np.ndarray) -> tuple[float, float]:

@@ -96,6 +96,8 @@ def format_current(shown: dict[str, Any]) -> str:
         f"R2 {number(metrics.get('r2'))}  skill {number(metrics.get('skill'), 3)}",
         f"  previous {shown.get('previous_version') or '-'}",
         f"  file {shown['model_path']}",
+        *([f"  cold start: a fleet model taught by {', '.join(shown.get('trained_on') or [])}"
+           " until the device's own model wins"] if shown.get("cold_start") else []),
     ])
 
 
@@ -200,7 +202,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     forecast = operations.json_ready(with_store(settings, lambda store: predict_latest(
         settings, store, server, args.device)))
     source = (f"smart persistence, no model: {forecast['reason']}"
-              if on_smart_persistence(forecast) else f"model {forecast['version']}")
+              if on_smart_persistence(forecast) else f"model {forecast['version']}"
+              + (" (cold start: fleet model)" if forecast.get("cold_start") else ""))
     emit(args, forecast, lambda: (
         f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)}"
         f"{interval_text(forecast)} forecast for "

@@ -143,7 +143,8 @@ def registry_for(settings: Settings) -> ModelRegistry:
 
 
 POINTER_EXTRAS = ("previous_version", "sha256", "metadata_path", "model_type", "feature_set",
-                  "features", "trained_at", "partition_key", "horizon_minutes", "reason")
+                  "features", "trained_at", "partition_key", "horizon_minutes", "reason",
+                  "cold_start", "trained_on")
 
 
 def current_model(settings: Settings, device_id: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ CORE_METRICS = ("mae", "rmse", "r2", "train_samples", "test_samples")
 # Meta fields copied into the pointer so `model current` can answer without a second read.
 POINTER_COPIED_FIELDS = (
     "model_type", "feature_set", "features", "trained_at", "partition_key",
-    "window_start", "window_end", "cutoff", "horizon_minutes", "intervals",
+    "window_start", "window_end", "cutoff", "horizon_minutes", "intervals", "cold_start",
+    "trained_on",
 )
 SERVING_MODEL = "model"
 SERVING_FALLBACK = "smart_persistence"

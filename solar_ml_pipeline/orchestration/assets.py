@@ -285,6 +285,7 @@ def _decision_metadata(outcome: steps.Outcome, version: str) -> dict[str, Any]:
         "rule": decision.rule,
         "serving": decision.serving or "none",
         "serving_fallback": int(decision.serving == SERVING_FALLBACK),
+        "cold_start": int(bool(outcome.record.get("cold_start"))),
         "challenger_version": version,
         "challenger_mae": float(challenger.mae),
         "champion_version": outcome.record["champion_version"] or "",

@@ -58,7 +58,8 @@ def test_backtest_prints_json_lines_then_a_summary_matching_its_rows(home_env, c
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rows, summary = lines[:-1], lines[-1]["summary"]
-    assert set(rows[0]) == {"timestamp", "forecast_for", "predicted_power", "power_at_target",
+    assert set(rows[0]) == {"timestamp", "forecast_for", "predicted_power", "p10", "p90",
+                            "power_at_target",
                             "persistence", "smart_persistence", "served_by", "daylight",
                             "flagged"}
     scored = [r for r in rows if r["daylight"] and not r["flagged"]
