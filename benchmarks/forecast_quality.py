@@ -347,6 +347,82 @@ def pipeline_replay(readings: pd.DataFrame, site: object, first_period: str, per
     ], scored
 
 
+# -- cold start: a young tracker, its own model vs the fleet's ------------------------------
+
+def cold_start_section(teachers: int = 6, days_list: tuple[int, ...] = (1, 3, 7),
+                       forward_days: int = 7, first_period: str = "2026-03-15") -> list[str]:
+    """Simulated one-minute trackers: `teachers` devices with 14 days before each cutoff, one
+    young device (another seed, twice the capacity) with 1, 3 or 7 days of its own. At each
+    of `forward_days` daily cutoffs: its own model (when it can train) and the fleet model
+    bound to it, both forecasting the next day; daylight skill against smart persistence."""
+    import tempfile
+    from dataclasses import replace
+
+    from solar_ml_pipeline.config import settings_from_env
+    from solar_ml_pipeline.forecasting.cold_start import train_fleet_candidate
+    from solar_ml_pipeline.readings.simulator import simulate_readings
+    from solar_ml_pipeline.readings.sites import DEFAULT_SITE
+    from solar_ml_pipeline.storage import open_store
+
+    young_site = replace(DEFAULT_SITE, capacity_w=600.0)
+    period_cutoffs = cutoffs(first_period, forward_days, DEFAULT_SITE.timezone)
+    start = period_cutoffs[0] - pd.Timedelta(days=15)
+    end = period_cutoffs[-1] + pd.Timedelta(days=1)
+    young = simulate_readings("young01", start=start.to_pydatetime(), end=end.to_pydatetime(),
+                              interval_minutes=1, seed=99, site=young_site)
+    lines = ["### Cold start: a young simulated tracker (600 W), its own model vs the fleet's",
+             "", f"{teachers} teacher devices (300 W, 14 days each), {forward_days} daily "
+             "cutoffs, each model forecasting the next day; daylight MAE skill.", "",
+             "| own readings | fleet model vs smart persistence | own model vs smart "
+             "persistence | fleet vs persistence | own vs persistence | fleet fit s |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as home:
+        settings = settings_from_env({"SOLAR_ML_HOME": home})
+        store = open_store(settings)
+        for number in range(teachers):
+            frame = simulate_readings(f"teacher{number:02d}", start=start.to_pydatetime(),
+                                      end=end.to_pydatetime(), interval_minutes=1,
+                                      seed=number + 1, site=DEFAULT_SITE)
+            store.write_readings(frame.to_dict("records"))
+        for days in days_list:
+            outcomes = {"fleet": Outcome(), "own": Outcome()}
+            fit_s = []
+            for cutoff in period_cutoffs:
+                own_rows = young[(young["timestamp"] >= cutoff - pd.Timedelta(days=days))
+                                 & (young["timestamp"] < cutoff)]
+                frame = build_feature_frame(own_rows, horizon_minutes=HORIZON_MINUTES,
+                                            timezone=young_site.timezone, feature_set="solar",
+                                            site=young_site)
+                served = build_feature_frame(
+                    young[(young["timestamp"] >= cutoff - pd.Timedelta(hours=2))
+                          & (young["timestamp"] < cutoff + pd.Timedelta(days=1))],
+                    horizon_minutes=HORIZON_MINUTES, timezone=young_site.timezone,
+                    feature_set="solar", site=young_site).frame
+                served = served[served["timestamp"] >= cutoff]
+                began = time.perf_counter()
+                fleet = train_fleet_candidate(settings, store, "young01", cutoff.to_pydatetime(),
+                                              frame, model_type=DEFAULT_RECIPE.model_type,
+                                              horizon_minutes=HORIZON_MINUTES, threads=1)
+                fit_s.append(time.perf_counter() - began)
+                with threadpool_limits(1, user_api="openmp"):
+                    own, _ = train_and_evaluate(frame, model_type=DEFAULT_RECIPE.model_type,
+                                                horizon_minutes=HORIZON_MINUTES,
+                                                feature_set="solar", n_jobs=1)
+                for name, model in (("fleet", fleet[0]), ("own", own)):
+                    outcome = outcomes[name]
+                    outcome.daylight.append(served[DAYLIGHT].to_numpy(dtype=bool))
+                    outcome.actual.append(served[TARGET].to_numpy())
+                    outcome.predicted.append(model.predict(served))
+                    outcome.persistence.append(served["power"].to_numpy())
+                    outcome.smart.append(served[SMART_PERSISTENCE].to_numpy())
+            fleet_o, own_o = outcomes["fleet"], outcomes["own"]
+            lines.append(f"| {days} d | {fleet_o.skill('smart'):+.1%} | {own_o.skill('smart'):+.1%} "
+                         f"| {fleet_o.skill():+.1%} | {own_o.skill():+.1%} "
+                         f"| {np.mean(fit_s):.2f} |")
+        store.close()
+    return lines
+
+
 # -- data sets -------------------------------------------------------------------------------
 
 @dataclass
@@ -516,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_sim:
         section(simulated_fleet(args.sim_devices, args.sim_start, periods),
                 simulated_recipes(args.quick))
+    if not args.skip_sim:
+        print("\n".join(cold_start_section(forward_days=3 if args.quick else 7)), flush=True)
     print("\n".join(pipeline_months([args.real_start] + (
         [args.second_start] if args.second_start else []), periods)), flush=True)
     print("\n".join(["### Clear-sky shape on a real one-axis tracker", "",

@@ -75,7 +75,7 @@ class Settings:
     max_concurrent_runs: int = 2
     fleet_batch_size: int = 50
     drift_periods: int = 3
-    cold_start_days: float = 3.0
+    cold_start_days: float = 7.0
     dagster_pg_url: str | None = field(default=None, repr=False)
     celery_broker_url: str | None = field(default=None, repr=False)
     celery_backend_url: str | None = field(default=None, repr=False)
@@ -277,7 +277,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
                               "a whole number of devices per run, at least 1"),
         drift_periods=_int(env, "DRIFT_PERIODS", 3, 1,
                            "a whole number of scored periods, at least 1"),
-        cold_start_days=_float(env, "COLD_START_DAYS", 3.0,
+        cold_start_days=_float(env, "COLD_START_DAYS", 7.0,
                                "days of a device's own readings, 0 or more (0: no cold start)",
                                minimum=0.0),
         dagster_pg_url=_service_url(env, "DAGSTER_PG_URL", ("postgresql", "postgres"),

@@ -54,7 +54,7 @@ class Policy:
     feature_set: str = "solar"
     min_training_rows: int = 100
     min_usable_share: float = 0.5
-    cold_start_days: float = 3.0
+    cold_start_days: float = 7.0
     mae_threshold_percent: float = 10.0
     require_beat_persistence: bool = True
     timezone: str = "Asia/Colombo"
