@@ -19,8 +19,6 @@ from solar_ml_pipeline_tests.forecasting.test_backtest import (
 )
 from solar_ml_pipeline_tests.interfaces.test_api import serving
 
-ENV = {"RETRAIN_DAYS": "7", "PERIODS_START": "2026-01-01", "REQUIRE_BEAT_PERSISTENCE": "false"}
-
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory):
@@ -32,13 +30,6 @@ def replay(tmp_path_factory):
                      start.strftime("%Y-%m-%d"), start, start + DAY,
                      now=start + DAY + timedelta(hours=1))
     return replay
-
-
-@pytest.fixture
-def home_env(replay, monkeypatch):
-    monkeypatch.setenv("SOLAR_ML_HOME", str(replay.settings.solar_ml_home))
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
 
 
 def test_scores_lists_the_realised_periods_newest_first(home_env, capsys):

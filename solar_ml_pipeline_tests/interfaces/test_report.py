@@ -20,8 +20,8 @@ from solar_ml_pipeline_tests.forecasting.test_backtest import (
     replay_retrains,
 )
 from solar_ml_pipeline_tests.forecasting.test_scoring import FAULT
+from solar_ml_pipeline_tests.interfaces.conftest import ENV
 
-ENV = {"RETRAIN_DAYS": "7", "PERIODS_START": "2026-01-01", "REQUIRE_BEAT_PERSISTENCE": "false"}
 PERIODS = 8  # 4 before the fault, DRIFT_PERIODS (3) losing to smart persistence, 1 after
 CHROMIUM = "/usr/bin/chromium"
 # A fetch from the page: a src/href (or CSS url) that leaves it.
@@ -47,13 +47,6 @@ def replay(tmp_path_factory):
             drifts.append(start)
     assert len(drifts) == 1 and drifts[0] < FIRST_CUTOFF + (PERIODS - 1) * DAY
     return replay
-
-
-@pytest.fixture
-def home_env(replay, monkeypatch):
-    monkeypatch.setenv("SOLAR_ML_HOME", str(replay.settings.solar_ml_home))
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")
