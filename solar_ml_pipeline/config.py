@@ -70,6 +70,9 @@ class Settings:
     site_longitude: float = 79.8612
     mongodb_timeout_ms: int = 5000
     api_token: str | None = field(default=None, repr=False)
+    api_read_token: str | None = field(default=None, repr=False)
+    api_max_body_bytes: int = 65536
+    api_retrain_timeout_s: float = 120.0
     alert_webhook_url: str | None = None
     dagster_webserver_url: str | None = None
     max_concurrent_runs: int = 2
@@ -270,6 +273,12 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
             env, "MONGODB_TIMEOUT_MS", 5000, 100, "milliseconds, at least 100"
         ),
         api_token=_text(env, "API_TOKEN", None),
+        api_read_token=_text(env, "API_READ_TOKEN", None),
+        api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", 65536, 1024,
+                                "a whole number of bytes, at least 1024"),
+        api_retrain_timeout_s=_float(env, "API_RETRAIN_TIMEOUT_S", 120.0,
+                                     "seconds, at least 0.001, e.g. 120",
+                                     minimum=0.001),
         alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
         dagster_webserver_url=_http_url(env, "DAGSTER_WEBSERVER_URL"),
         max_concurrent_runs=_int(env, "MAX_CONCURRENT_RUNS", 2, 1, "a whole number, at least 1"),
