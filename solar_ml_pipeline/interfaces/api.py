@@ -73,7 +73,7 @@ from solar_ml_pipeline.model_store.registry import (
 from solar_ml_pipeline.model_store.serving import ModelServer
 from solar_ml_pipeline.orchestration.partitions import InvalidPeriod
 from solar_ml_pipeline.storage import StoreUnavailable, open_store
-from solar_ml_pipeline.storage.run_records import one_line, public_run
+from solar_ml_pipeline.storage.run_records import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -123,36 +123,6 @@ def _error_handler(status_code: int) -> Callable[[Request, Exception], JSONRespo
 # --- foreground retrain with a deadline -------------------------------------------------------
 
 
-def _foreground_retrain(settings: Settings, store: Any, request: Any, run_id: str) -> dict:
-    """operations.retrain_now under a run id chosen before the run starts, so a request that
-    stops waiting can still name it. Mirrors retraining.retrain_in_foreground."""
-    import dagster as dg
-
-    from solar_ml_pipeline.orchestration import retraining
-    from solar_ml_pipeline.orchestration.instance import ensure_dagster_home
-    from solar_ml_pipeline.orchestration.partitions import partition_key
-
-    ensure_dagster_home(settings)
-    job = retraining._retrain_job(settings)
-    with dg.DagsterInstance.get() as instance:
-        retraining.add_device_partition(instance, request.device_id)
-        result = job.execute_in_process(
-            run_config=retraining.run_config_for(request, verbose=False),
-            instance=instance,
-            partition_key=partition_key(request.device_id, request.period_key),
-            tags=retraining.run_tags(request, "api"),
-            raise_on_error=False,
-            run_id=run_id,
-        )
-    if not result.success:
-        retraining._record_failure(settings, request, result)
-    record = store.get_run(run_id)
-    if record is None:
-        raise operations.RetrainFailed(f"retrain run {run_id} ended without a run-log record; "
-                                       "see the run in the Dagster UI")
-    return operations.json_ready(public_run(record))
-
-
 def retrain_within(settings: Settings, store: Any, request: Any,
                    timeout_s: float) -> tuple[str, dict | None]:
     """Start the foreground retrain in its own (non-daemon) thread and wait up to `timeout_s`:
@@ -163,7 +133,8 @@ def retrain_within(settings: Settings, store: Any, request: Any,
 
     def work() -> None:
         try:
-            outcome.set_result(_foreground_retrain(settings, store, request, run_id))
+            outcome.set_result(operations.retrain_now(settings, store, request, trigger="api",
+                                                      run_id=run_id))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, if any
             outcome.set_exception(exc)
             logger.warning(f"foreground retrain run {run_id} failed: {one_line(str(exc))}")

@@ -352,12 +352,14 @@ def retrain_dry_run(settings: Settings, store: Store, request: Any) -> dict[str,
 
 
 def retrain_now(settings: Settings, store: Store, request: Any, *, verbose: bool = False,
-                trigger: str = "cli") -> dict[str, Any]:
-    """Run the retrain job in this process and return its run record (success or failed)."""
+                trigger: str = "cli", run_id: str | None = None) -> dict[str, Any]:
+    """Run the retrain job in this process and return its run record (success or failed);
+    `run_id` names the run before it starts (see retrain_in_foreground)."""
     from solar_ml_pipeline.orchestration.retraining import retrain_in_foreground
 
     store.ping()
-    run_id = retrain_in_foreground(settings, request, verbose=verbose, trigger=trigger)
+    run_id = retrain_in_foreground(settings, request, verbose=verbose, trigger=trigger,
+                                   run_id=run_id)
     record = store.get_run(run_id)
     if record is None:
         raise RetrainFailed(f"retrain run {run_id} ended without a run-log record; "

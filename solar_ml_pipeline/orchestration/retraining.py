@@ -96,10 +96,11 @@ def _retrain_job(settings: Settings) -> dg.JobDefinition:
 
 
 def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbose: bool = False,
-                          trigger: str = "cli") -> str:
+                          trigger: str = "cli", run_id: str | None = None) -> str:
     """Run the retrain job for one partition in this process; returns the Dagster run id.
 
-    The outcome (success or failure) is in the run log under that id.
+    The outcome (success or failure) is in the run log under that id. `run_id` chooses the
+    id up front, so a caller that stops waiting (the API's 504) can still name the run.
     """
     ensure_dagster_home(settings)
     job = _retrain_job(settings)
@@ -111,6 +112,7 @@ def retrain_in_foreground(settings: Settings, request: RetrainRequest, *, verbos
             partition_key=partition_key(request.device_id, request.period_key),
             tags=run_tags(request, trigger),
             raise_on_error=False,
+            **({"run_id": run_id} if run_id else {}),
         )
     if not result.success:
         _record_failure(settings, request, result)
