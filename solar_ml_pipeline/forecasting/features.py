@@ -274,6 +274,28 @@ def target_power(readings: pd.DataFrame, horizon_minutes: int) -> np.ndarray:
     return _target(readings, horizon, default_tolerance(horizon_minutes))
 
 
+def history_needed(feature_set: str) -> timedelta:
+    """How far before a reading its features look: the longest lag (with its matching
+    tolerance) or rolling window of the set, plus one MAX_GAP of margin. Serving reads only
+    this much history before the newest reading, and gets the same last row as from more.
+
+    - solar: the one-hour clear-sky-index window and the 60-minute power lag matched within
+      default_tolerance(60), so 72 minutes.
+    - original: up to ROLLING_READINGS - 1 previous readings of the same gap-free run, each at
+      most MAX_GAP apart, and sensors carried forward for at most MAX_GAP.
+    """
+    if feature_set == "solar":
+        longest_lag = max(POWER_LAGS_MINUTES)
+        span = max(INDEX_WINDOW.to_pytimedelta(),
+                   timedelta(minutes=longest_lag) + default_tolerance(longest_lag))
+    elif feature_set == "original":
+        span = (ROLLING_READINGS - 1) * MAX_GAP.to_pytimedelta() + MAX_GAP.to_pytimedelta()
+    else:
+        raise ValueError(f"unknown feature set {feature_set!r}: expected one of "
+                         f"{', '.join(FEATURE_BUILDERS)}")
+    return span + MAX_GAP.to_pytimedelta()
+
+
 def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezone: str,
                         feature_set: str = "original", with_target: bool = True,
                         tolerance: timedelta | None = None,

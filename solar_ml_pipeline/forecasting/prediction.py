@@ -5,21 +5,33 @@ enough recent readings to fill the rolling windows, so serving sees what the mod
 The model comes through the serving loader (sha256-verified, promotion-aware). When the
 device's pointer says no model beats persistence, the forecast is smart persistence (the
 clear-sky index stays what it is now) for the device's site, and the response says so.
+
+Only the history the feature set needs is read (`features.history_needed`, about 1.5 hours
+for `solar`, under one for `original`), not a fixed span: the last row, and so the forecast,
+is the one a longer window gives. A `ForecastCache` reuses a device's last forecast until a
+newer reading arrives or its pointer changes (promotion, rollback, fallback): the key holds the
+newest reading's time, the whole pointer (version, sha256, updated_at) and the registered site,
+and the pointer is read on every call, so the next request after a promotion is served by it,
+in every process. `predict_fleet` forecasts every device with readings, a page at a time, and
+lists the ones it cannot forecast with the reason.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
+from solar_ml_pipeline.model_store.errors import ModelStoreError, NoCurrentModel
 from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK, SERVING_MODEL
 from solar_ml_pipeline.model_store.serving import ModelServer, ServedModel
 from solar_ml_pipeline.storage import Store
 from solar_ml_pipeline.storage.run_records import iso_z, utc_now
 
-# Readings read before `now`: ample for the 5-reading rolling means, the one-hour solar
-# features and the gap rules, at any cadence from 1 to 5 minutes.
+# What serving read before `now` until issue 18, whatever the feature set (tests compare the
+# short window with it); backtests still read this much before their span.
 LOOKBACK = timedelta(hours=3)
 # A tracker clock slightly ahead of ours must not hide its newest reading.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -27,6 +39,50 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 class PredictionUnavailable(Exception):
     """The model exists but there is nothing current to forecast from; the message says why."""
+
+
+def lookback(feature_set: str, horizon_minutes: int) -> timedelta:
+    """Readings read before `now`: the newest may be up to the horizon old, and its features
+    need `history_needed(feature_set)` before it."""
+    from solar_ml_pipeline.forecasting.features import history_needed
+
+    return history_needed(feature_set) + timedelta(minutes=horizon_minutes)
+
+
+class ForecastCache:
+    """The last forecast of each device with the key it was made for; thread-safe.
+
+    One entry per device (a newer key replaces it), at most `max_devices` devices (the
+    oldest entry goes first). A hit returns a copy with `generated_at` of the new call.
+    """
+
+    def __init__(self, max_devices: int = 100_000) -> None:
+        self.max_devices = max_devices
+        self._entries: dict[str, tuple[tuple[Any, ...], dict[str, Any], datetime]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, device_id: str, key: tuple[Any, ...]) -> tuple[dict[str, Any], datetime] | None:
+        with self._lock:
+            entry = self._entries.get(device_id)
+            if entry is None or entry[0] != key:
+                self.misses += 1
+                return None
+            self.hits += 1
+            return entry[1], entry[2]
+
+    def put(self, device_id: str, key: tuple[Any, ...], forecast: dict[str, Any],
+            based_on: datetime) -> None:
+        with self._lock:
+            self._entries.pop(device_id, None)
+            while len(self._entries) >= self.max_devices:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[device_id] = (key, dict(forecast), based_on)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _stale_message(device_id: str, newest: datetime | None, now: datetime,
@@ -70,32 +126,64 @@ def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -
 
 
 def predict_latest(settings: Settings, store: Store, server: ModelServer, device_id: str,
-                   now: datetime | None = None) -> dict[str, Any]:
+                   now: datetime | None = None,
+                   cache: ForecastCache | None = None) -> dict[str, Any]:
     """Forecast power `horizon` after the newest reading, which must be under `horizon` old.
 
     `serving` says what made the forecast: "model", or "smart_persistence" (with `reason`,
     `version` null) when the device's pointer says no model beats persistence.
     Raises NoCurrentModel (no model), PredictionUnavailable (no recent readings, or they lack
     a sensor the model needs) and the loader's errors (corrupt pointer, checksum mismatch).
+    With `cache`, the device's last forecast is returned while its newest reading, pointer
+    and site are those it was made for.
     """
     validate_device_id(device_id)
     now = now or utc_now()
-    served = server.load_current(device_id)
+    served = server.load_current(device_id)  # the pointer, read on every call
+    if cache is None:
+        return _forecast(settings, store, served, now)
+    horizon = _horizon(settings, served)
+    recent = store.read_window(device_id, now - timedelta(minutes=horizon), now + CLOCK_SKEW)
+    if not len(recent):
+        raise _nothing_recent(store, device_id, now, horizon)
+    key = (recent["timestamp"].max(), json.dumps(served.pointer, sort_keys=True, default=str),
+           json.dumps(store.get_site(device_id), sort_keys=True, default=str))
+    hit = cache.get(device_id, key)
+    if hit is not None:
+        forecast, based_on = hit
+        _check_fresh(device_id, based_on, now, horizon)
+        return {**forecast, "generated_at": iso_z(now)}
+    forecast = _forecast(settings, store, served, now)
+    cache.put(device_id, key, forecast, datetime.fromisoformat(forecast["based_on"]))
+    return forecast
+
+
+def _horizon(settings: Settings, served: ServedModel) -> int:
+    if served.is_fallback:
+        return settings.horizon_minutes
+    return int(getattr(served.model, "horizon_minutes", None) or settings.horizon_minutes)
+
+
+def _forecast(settings: Settings, store: Store, served: ServedModel,
+              now: datetime) -> dict[str, Any]:
     if served.is_fallback:
         return _smart_persistence_latest(settings, store, served, now)
+    device_id = served.device_id
     # Imported once a model exists: the feature code loads pvlib, which "no model" need not wait for.
     from solar_ml_pipeline.forecasting.features import build_feature_frame
     from solar_ml_pipeline.forecasting.training import FeaturesUnavailable
 
     model = served.model
-    horizon = int(getattr(model, "horizon_minutes", None) or settings.horizon_minutes)
-    readings = store.read_window(device_id, now - LOOKBACK, now + CLOCK_SKEW)
+    horizon = _horizon(settings, served)
+    feature_set = getattr(model, "feature_set", None) or settings.feature_set
+    readings = store.read_window(device_id, now - lookback(feature_set, horizon),
+                                 now + CLOCK_SKEW)
     built = None
     if len(readings):
         built = build_feature_frame(
             readings, horizon_minutes=horizon,
             timezone=getattr(model, "timezone", None) or settings.timezone,
-            feature_set=getattr(model, "feature_set", None) or settings.feature_set,
+            feature_set=feature_set,
             with_target=False, site=serving_site(model, store, settings, device_id),
         )
     if built is None or built.frame.empty:
@@ -145,7 +233,7 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
 
     device_id = served.device_id
     horizon = settings.horizon_minutes
-    readings = store.read_window(device_id, now - LOOKBACK, now + CLOCK_SKEW)
+    readings = store.read_window(device_id, now - lookback("solar", horizon), now + CLOCK_SKEW)
     clean, _ = clean_readings(readings)
     usable = clean.dropna(subset=["timestamp", "power"])
     if usable.empty:
@@ -181,3 +269,43 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
         "readings_used": len(usable),
         "generated_at": iso_z(now),
     }
+
+
+FLEET_DEFAULT_LIMIT = 1000
+FLEET_MAX_LIMIT = 10_000
+
+
+def predict_fleet(settings: Settings, store: Store, server: ModelServer, *,
+                  limit: int = FLEET_DEFAULT_LIMIT, skip: int = 0, now: datetime | None = None,
+                  cache: ForecastCache | None = None) -> dict[str, Any]:
+    """The latest forecast of every device with readings, a page at a time.
+
+    Devices are taken in id order; of the page's `limit` devices after `skip`, each is in
+    `forecasts` (the predict_latest answer: what serves it, its interval) or in `unavailable`
+    with `reason` (the message predict would give) and `kind`: "no_model",
+    "no_recent_readings" (none under the horizon old, or they lack a sensor the model needs)
+    or "model_store_error" (a pointer or version that cannot be served). `total` counts the
+    devices with readings.
+    """
+    if not 1 <= limit <= FLEET_MAX_LIMIT:
+        raise ValueError(f"limit={limit!r} is invalid: expected 1-{FLEET_MAX_LIMIT}")
+    if skip < 0:
+        raise ValueError(f"skip={skip!r} is invalid: expected at least 0")
+    now = now or utc_now()
+    devices = sorted(store.list_devices())
+    forecasts: list[dict[str, Any]] = []
+    unavailable: list[dict[str, Any]] = []
+    for device_id in devices[skip:skip + limit]:
+        try:
+            forecasts.append(predict_latest(settings, store, server, device_id, now=now,
+                                            cache=cache))
+        except NoCurrentModel as exc:
+            unavailable.append({"device_id": device_id, "kind": "no_model", "reason": str(exc)})
+        except PredictionUnavailable as exc:
+            unavailable.append({"device_id": device_id, "kind": "no_recent_readings",
+                                "reason": str(exc)})
+        except ModelStoreError as exc:
+            unavailable.append({"device_id": device_id, "kind": "model_store_error",
+                                "reason": str(exc)})
+    return {"total": len(devices), "limit": limit, "skip": skip, "generated_at": iso_z(now),
+            "forecasts": forecasts, "unavailable": unavailable}
