@@ -34,7 +34,14 @@ from fastapi.responses import JSONResponse
 
 from solar_ml_pipeline.config import InvalidDeviceId, Settings
 from solar_ml_pipeline.forecasting.backtest import BacktestUnavailable
-from solar_ml_pipeline.forecasting.prediction import PredictionUnavailable, predict_latest
+from solar_ml_pipeline.forecasting.prediction import (
+    FLEET_DEFAULT_LIMIT,
+    FLEET_MAX_LIMIT,
+    ForecastCache,
+    PredictionUnavailable,
+    predict_fleet,
+    predict_latest,
+)
 from solar_ml_pipeline.interfaces import accountability, operations
 from solar_ml_pipeline.interfaces.api_guards import (
     install_guards,
@@ -52,6 +59,7 @@ from solar_ml_pipeline.interfaces.api_models import (
     BacktestResult,
     CurrentModel,
     ErrorBody,
+    FleetForecasts,
     Forecast,
     Health,
     HealthUnavailable,
@@ -167,6 +175,7 @@ def _instant(name: str, example: str) -> Any:
 def create_app(settings: Settings) -> FastAPI:
     store = open_store(settings)
     server = ModelServer(operations.registry_for(settings))
+    forecasts = ForecastCache()  # per process: keyed by the pointer read on every call
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -295,12 +304,38 @@ def create_app(settings: Settings) -> FastAPI:
              responses=_errors(*read_errors, 404, 409, *store_errors))
     def predict(device_id: DeviceId) -> JSONResponse:
         """Power forecast HORIZON_MINUTES after the device's newest reading."""
-        return json_response(predict_latest(settings, store, server, device_id))
+        return json_response(predict_latest(settings, store, server, device_id,
+                                            cache=forecasts))
+
+    @app.get("/api/ml/predict/fleet", tags=["models"], dependencies=reader,
+             response_model=FleetForecasts, responses=_errors(*read_errors, *store_errors))
+    def predict_all(
+        limit: Annotated[int, Query(ge=1, le=FLEET_MAX_LIMIT)] = FLEET_DEFAULT_LIMIT,
+        skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
+    ) -> JSONResponse:
+        """The latest forecast of every device with readings, in id order, a page at a time;
+        the page's devices without one are in `unavailable` with the reason."""
+        return json_response(predict_fleet(settings, store, server, limit=limit, skip=skip,
+                                           cache=forecasts))
 
     return app
 
 
-def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+def app_from_environment() -> FastAPI:
+    """The app on the settings of the environment: what each uvicorn worker process builds."""
+    from solar_ml_pipeline.config import load_settings
+
+    return create_app(load_settings())
+
+
+def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          workers: int = 1) -> None:
+    """One process, or `workers` uvicorn worker processes sharing the port, each with its own
+    model and forecast caches (both keyed by the pointer each call reads)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, host=host,
+                port=port, log_level="info")

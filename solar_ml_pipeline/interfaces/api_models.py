@@ -267,3 +267,21 @@ class Forecast(Open):
     generated_at: str
     cold_start: bool | None = Field(default=None, description="a fleet model serves (cold start)")
     reason: Text = Field(default=None, description="smart persistence: why no model serves")
+
+
+class ForecastUnavailable(Open):
+    device_id: str
+    kind: Literal["no_model", "no_recent_readings", "model_store_error"]
+    reason: str = Field(description="what predict would answer for this device")
+
+
+class FleetForecasts(BaseModel):
+    """A page of the fleet: every device with readings, in id order."""
+
+    total: int = Field(ge=0, description="devices with readings, all pages")
+    limit: int
+    skip: int
+    generated_at: str
+    forecasts: list[Forecast] = Field(description="the page's devices with a forecast")
+    unavailable: list[ForecastUnavailable] = Field(
+        description="the page's devices without one, with the reason")

@@ -250,7 +250,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from solar_ml_pipeline.interfaces.api import serve
 
     info = {"url": f"http://{args.host}:{args.port}", "docs": f"http://{args.host}:{args.port}/docs",
-            "writes_enabled": settings.api_token is not None, "store": settings.backend}
+            "writes_enabled": settings.api_token is not None, "store": settings.backend,
+            "workers": args.workers}
     emit(args, info, lambda: (
         f"solar-ml API on {info['url']} (docs {info['docs']}); writes "
         f"{'need the API_TOKEN bearer token' if info['writes_enabled'] else 'disabled: set API_TOKEN'}"))
@@ -258,7 +259,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         print(f"solar-ml: warning: binding {args.host} exposes the API beyond this machine",
               file=sys.stderr)
     sys.stdout.flush()
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, host=args.host, port=args.port, workers=args.workers)
     return EXIT_OK
 
 
@@ -409,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="serve the management HTTP API (FastAPI, docs at /docs)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="uvicorn worker processes sharing the port, e.g. one per core "
+                        "(default %(default)s)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_api)
 

@@ -195,22 +195,54 @@ def format_prune(report: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from solar_ml_pipeline.forecasting.prediction import predict_latest
+    from solar_ml_pipeline.forecasting.prediction import (
+        FLEET_DEFAULT_LIMIT,
+        FLEET_MAX_LIMIT,
+        predict_fleet,
+        predict_latest,
+    )
     from solar_ml_pipeline.model_store.serving import ModelServer
 
     server = ModelServer(operations.registry_for(settings))
+    if args.all:
+        limit = FLEET_DEFAULT_LIMIT if args.limit is None else args.limit
+        if limit > FLEET_MAX_LIMIT:
+            raise operations.InvalidRequest(
+                f"invalid limit {limit}: expected 1 to {FLEET_MAX_LIMIT}")
+        fleet = operations.json_ready(with_store(settings, lambda store: predict_fleet(
+            settings, store, server, limit=limit, skip=args.skip)))
+        emit(args, fleet, lambda: fleet_text(fleet))
+        return EXIT_OK
+    if args.limit is not None or args.skip:
+        raise operations.InvalidRequest("--limit and --skip page `predict --all`: drop them with --device")
     forecast = operations.json_ready(with_store(settings, lambda store: predict_latest(
         settings, store, server, args.device)))
+    emit(args, forecast, lambda: forecast_text(forecast))
+    return EXIT_OK
+
+
+def forecast_text(forecast: dict[str, Any]) -> str:
     source = (f"smart persistence, no model: {forecast['reason']}"
               if on_smart_persistence(forecast) else f"model {forecast['version']}"
               + (" (cold start: fleet model)" if forecast.get("cold_start") else ""))
-    emit(args, forecast, lambda: (
-        f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)}"
-        f"{interval_text(forecast)} forecast for "
-        f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "
-        f"{forecast['based_on']}, power then {number(forecast['current_power'], 1)}); "
-        f"{source}"))
-    return EXIT_OK
+    return (f"{forecast['device_id']}: power {number(forecast['predicted_power'], 1)}"
+            f"{interval_text(forecast)} forecast for "
+            f"{forecast['forecast_for']} ({forecast['horizon_minutes']} min after the reading at "
+            f"{forecast['based_on']}, power then {number(forecast['current_power'], 1)}); "
+            f"{source}")
+
+
+def fleet_text(fleet: dict[str, Any]) -> str:
+    """One line per device of the page, forecasts first, then a summary line."""
+    lines = [forecast_text(forecast) for forecast in fleet["forecasts"]]
+    lines += [f"{item['device_id']}: no forecast ({item['kind']}): {item['reason']}"
+              for item in fleet["unavailable"]]
+    shown = len(fleet["forecasts"]) + len(fleet["unavailable"])
+    first = fleet["skip"] + 1 if shown else fleet["skip"]
+    lines.append(f"{len(fleet['forecasts'])} forecast(s), {len(fleet['unavailable'])} device(s) "
+                 f"without one; devices {first}-{fleet['skip'] + shown} of {fleet['total']} "
+                 f"with readings")
+    return "\n".join(lines)
 
 
 def interval_text(forecast: dict[str, Any]) -> str:
@@ -288,6 +320,14 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("predict", help="forecast power HORIZON_MINUTES ahead from the latest "
                                        "readings (smart persistence when no model beats it)")
-    p.add_argument("--device", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--device")
+    which.add_argument("--all", action="store_true",
+                       help="every device with readings, in id order, a page at a time; devices "
+                            "without a forecast are listed with the reason")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="with --all: devices per page (default 1000, at most 10000)")
+    p.add_argument("--skip", type=non_negative_int, default=0,
+                   help="with --all: devices to skip (paging)")
     add_json_flag(p)
     p.set_defaults(handler=cmd_predict)

@@ -69,7 +69,7 @@ def test_the_api_settings_default_and_refuse_bad_values_in_one_line():
 def test_with_api_read_token_every_read_needs_a_token_but_healthz(guarded):
     reads = ["/api/ml/runs", "/api/ml/runs/no-such-run", "/api/ml/model/current?device_id=t1",
              "/api/ml/model/history?device_id=t1", "/api/ml/scores?device_id=t1",
-             "/api/ml/predict?device_id=t1",
+             "/api/ml/predict?device_id=t1", "/api/ml/predict/fleet",
              "/api/ml/backtest?device_id=t1&start=2026-03-01T13:00:00Z&end=2026-03-02T13:00:00Z",
              "/openapi.json"]
     with httpx.Client(base_url=guarded, timeout=60) as client:
