@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                               "--direct-batch-sizes", ""]),
     "store_scale": ([], ["--devices", "10", "--repeats", "5"]),
     "model_size": ([], ["--days", "7", "--load-repeats", "1"]),
+    "serving_scale": ([], ["--devices", "200", "--seconds", "5", "--repeats", "100"]),
 }
 TITLE = "# Benchmark results"
 
