@@ -248,6 +248,18 @@ class SqliteStore:
             rows = conn.execute(sql, (device_id, to_epoch_us(low), to_epoch_us(high))).fetchall()
         return _frame(rows)
 
+    def newest_reading_us(self, device_id: str, start: datetime, end: datetime) -> int | None:
+        """Epoch microseconds of the device's newest reading with start <= timestamp < end,
+        None if there is none: one index probe, a cheap change detector for caches."""
+        low, high = window_bounds(start, end)
+        sql = (
+            f"SELECT MAX(timestamp) FROM {self.readings_table} "  # noqa: S608 - validated table name
+            "WHERE device_id = ? AND timestamp >= ? AND timestamp < ?"
+        )
+        with self._session() as conn:
+            row = conn.execute(sql, (device_id, to_epoch_us(low), to_epoch_us(high))).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def latest_readings(self, device_id: str, limit: int) -> pd.DataFrame:
         sql = (
             f"SELECT timestamp, {', '.join(READING_FIELDS)} FROM {self.readings_table} "  # noqa: S608 - validated table name

@@ -181,3 +181,21 @@ def test_the_fleet_forecast_lists_every_device_with_readings_and_why_some_have_n
     for bad in ({"limit": 0}, {"limit": 10_001}, {"skip": -1}):
         with pytest.raises(ValueError, match="is invalid"):
             predict_fleet(settings, store, server, now=NOW, **bad)
+
+
+def test_the_cache_follows_new_readings_on_a_store_without_the_newest_reading_probe(
+        settings, store, registry, counted, monkeypatch):  # noqa: F811
+    save_constant_version(registry, "t1", 111.0, 1)
+    write_recent_readings(store, "t1", NOW - timedelta(minutes=2))
+    start, end = NOW - timedelta(minutes=15), NOW + prediction.CLOCK_SKEW
+    probed = prediction._newest_reading(store, "t1", start, end)
+    monkeypatch.setattr(type(store), "newest_reading_us", None)  # as the Mongo store
+    windowed = prediction._newest_reading(store, "t1", start, end)
+    assert probed == int(windowed.value // 1000)
+    server, cache = ModelServer(registry), ForecastCache()
+    predict_latest(settings, store, server, "t1", now=NOW, cache=cache)
+    predict_latest(settings, store, server, "t1", now=NOW, cache=cache)
+    write_recent_readings(store, "t1", NOW - timedelta(minutes=1), minutes=1)
+    assert predict_latest(settings, store, server, "t1", now=NOW,
+                          cache=cache)["based_on"] == "2026-03-12T05:59:00Z"
+    assert counted == ["t1", "t1"]
