@@ -93,8 +93,8 @@ def fit_intervals(frame: pd.DataFrame, point: np.ndarray, capacity_w: float | No
 def band(intervals: Mapping[str, Any] | None, frame: pd.DataFrame,
          point: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(P10, P50, P90) for each row of `frame` around `point`; None without an interval
-    model (versions trained before intervals existed). Never below zero, and never a band
-    that leaves out its own P50."""
+    model (versions trained before intervals existed). Never below zero (unless P50 is), and
+    never a band that leaves out its own P50."""
     if not intervals:
         return None
     point = np.asarray(point, dtype="float64")
@@ -104,10 +104,10 @@ def band(intervals: Mapping[str, Any] | None, frame: pd.DataFrame,
     scale = _scale(frame, floor_w)
     lower = point + np.asarray(intervals["lower"])[regimes] * scale
     upper = point + np.asarray(intervals["upper"])[regimes] * scale
-    # P10 <= P50 <= P90 always, and power is never negative; a biased regime (both
-    # quantiles on one side of zero) keeps the point forecast at one edge of its band.
-    floor = np.maximum(point, 0.0)
-    return np.minimum(np.maximum(lower, 0.0), floor), point, np.maximum(upper, floor)
+    # P10 <= P50 <= P90 always, and no bound below zero power unless the point forecast
+    # itself is (a model can say -0.1 W at night); a biased regime (both quantiles on one
+    # side of zero) keeps the point forecast at one edge of its band.
+    return np.minimum(np.maximum(lower, 0.0), point), point, np.maximum(upper, point)
 
 
 def coverage(frame: pd.DataFrame, p10: np.ndarray, p90: np.ndarray) -> tuple[float | None, float | None]:

@@ -123,3 +123,6 @@ def test_a_band_always_holds_its_own_p50_even_where_the_model_is_biased():
     fitted = fit_intervals(frame, point, capacity_w=300)
     p10, p50, p90 = band(fitted, frame, point)
     assert (p10 <= p50).all() and (p50 <= p90).all()
+    night = band(fitted, frame.iloc[:3], np.array([-0.1, 0.0, 5.0]))  # a model's -0.1 W
+    assert (night[0] <= night[1]).all() and (night[1] <= night[2]).all()
+    assert night[0][0] == -0.1 and (night[0][1:] >= 0).all()
