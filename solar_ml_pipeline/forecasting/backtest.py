@@ -138,9 +138,9 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
             "model or fallback came later (see `solar-ml model history --device "
             f"{device_id}`)")
     site = site_for_device(store, settings, device_id)
-    reference = feature_frames.build_feature_frame(
-        readings, horizon_minutes=horizon, timezone=settings.timezone, feature_set="solar",
-        with_target=False, site=site).frame
+    # Frames by how they are built: a month of daily versions shares one, the reference's.
+    frames: dict[tuple[Any, ...], pd.DataFrame] = {}
+    reference = _frame(frames, readings, horizon, settings.timezone, "solar", site).copy()
     reference["power_at_target"] = feature_frames.target_power(reference, horizon)
     clean, _ = clean_readings(readings)
     quality = flag_readings(clean, site)
@@ -156,7 +156,7 @@ def backtest(settings: Settings, store: Store, registry: ModelRegistry, device_i
     for version in sorted({v for v in served if v not in (None, SERVING_FALLBACK)}):
         mask = served == version
         forecast = _model_forecast(settings, store, registry, device_id, version, readings,
-                                   rows.loc[mask, "timestamp"])
+                                   rows.loc[mask, "timestamp"], frames)
         if forecast is None:
             unavailable.append(version)
         else:
@@ -224,20 +224,30 @@ def _served_by(history: list[dict[str, Any]], stamps: pd.Series) -> tuple[np.nda
     return labels[in_force], in_force
 
 
+def _frame(frames: dict[tuple[Any, ...], pd.DataFrame], readings: pd.DataFrame, horizon: int,
+           timezone: str, feature_set: str, site: Any) -> pd.DataFrame:
+    """The span's feature frame built this way, built once per backtest."""
+    key = (horizon, timezone, feature_set, site)
+    if key not in frames:
+        frames[key] = feature_frames.build_feature_frame(
+            readings, horizon_minutes=horizon, timezone=timezone, feature_set=feature_set,
+            with_target=False, site=site).frame
+    return frames[key]
+
+
 def _model_forecast(settings: Settings, store: Store, registry: ModelRegistry, device_id: str,
-                    version: str, readings: pd.DataFrame,
-                    stamps: pd.Series) -> np.ndarray | None:
+                    version: str, readings: pd.DataFrame, stamps: pd.Series,
+                    frames: dict[tuple[Any, ...], pd.DataFrame]) -> np.ndarray | None:
     """The version's forecasts at `stamps`, features built as serving builds them."""
     try:
         model = registry.load_model(device_id, version)
     except ModelStoreError:
         return None  # pruned or damaged since: its rows stay unforecast, and say so
-    built = feature_frames.build_feature_frame(
-        readings, horizon_minutes=int(getattr(model, "horizon_minutes", None)
-                                      or settings.horizon_minutes),
-        timezone=getattr(model, "timezone", None) or settings.timezone,
-        feature_set=getattr(model, "feature_set", None) or settings.feature_set,
-        with_target=False, site=serving_site(model, store, settings, device_id)).frame
+    built = _frame(frames, readings,
+                   int(getattr(model, "horizon_minutes", None) or settings.horizon_minutes),
+                   getattr(model, "timezone", None) or settings.timezone,
+                   getattr(model, "feature_set", None) or settings.feature_set,
+                   serving_site(model, store, settings, device_id))
     wanted = built[built["timestamp"].isin(stamps)]
     try:
         forecast = pd.Series(model.predict(wanted), index=wanted["timestamp"].to_numpy())
