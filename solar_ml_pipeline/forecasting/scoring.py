@@ -59,12 +59,13 @@ def readings_in_at(settings: Settings, period_end: datetime) -> datetime:
 
 
 def served_model(score: dict[str, Any]) -> str | None:
-    """The one model version that served the whole scored period, else None (smart
-    persistence served, or the period changed hands)."""
-    served = {k: v for k, v in (score.get("served_by") or {}).items() if k != "None" and v}
-    if len(served) != 1:
+    """The model version that served most of the scored period, else None (smart
+    persistence did). A promotion lands minutes after the period starts, so the version it
+    replaced serves the first readings: the period is still the new version's."""
+    served = score.get("served_by") or {}
+    if not served:
         return None
-    (label,) = served
+    label = max(served, key=served.get)
     return None if label == SERVING_FALLBACK else label
 
 

@@ -28,6 +28,7 @@ def _score(period: str, version: str | None, mae: float, smart: float, rows: int
             "daylight_rows": rows, "daylight_mae": mae, "daylight_smart_persistence_mae": smart}
 
 
+V0 = "20260228_130000_000000"
 V1 = "20260301_130000_000001"
 
 
@@ -41,6 +42,9 @@ V1 = "20260301_130000_000001"
      False),  # smart persistence served the newest: nothing to move away from
     ([_score("03-03", V1, 30, 20, rows=0), _score("03-02", V1, 30, 20),
       _score("03-01", V1, 30, 20)], False),  # no daylight, no verdict
+    ([{**_score("03-03", V1, 30, 20), "served_by": {V0: 5, V1: 1400}},
+      _score("03-02", V1, 30, 20), _score("03-01", V1, 30, 20)],
+     True),  # the replaced version's first minutes of a period do not hide the drift
 ])
 def test_drift_is_a_model_losing_to_smart_persistence_every_one_of_the_last_periods(scores,
                                                                                    drifted):
