@@ -13,8 +13,8 @@ from solar_ml_pipeline.model_store.registry import (
     MOVE_RESTORE,
     MOVE_ROLLBACK,
     MOVE_UNRECORDED,
+    CorruptPointer,
     ModelRegistry,
-    atomic_write_json,
     served_at,
 )
 
@@ -147,9 +147,9 @@ def test_restoring_an_earlier_pointer_is_a_move_dated_when_it_happened(registry,
 def test_a_refused_pointer_write_leaves_no_history_line(registry):
     registry.promote(DEVICE, _version(1))
     pointer = registry.read_pointer(DEVICE)
-    atomic_write_json(registry.pointer_path(DEVICE), pointer)
-    with pytest.raises(Exception, match="without a reason"), registry.device_lock(DEVICE):
+    with pytest.raises(CorruptPointer, match="without a reason"), registry.device_lock(DEVICE):
         registry.set_fallback(DEVICE, reason=" ")
+    assert registry.read_pointer(DEVICE) == pointer
     lines = registry.history_path(DEVICE).read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["version"] == _version(1)
     assert registry.history_path(DEVICE).name == HISTORY_NAME
