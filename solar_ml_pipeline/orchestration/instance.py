@@ -49,13 +49,30 @@ telemetry:
 """
 
 
+EMBEDDED_STORAGE = """\
+# Dagster's SQLite files under DAGSTER_HOME, with the event log's connections kept open
+# between events (orchestration/event_log.py: 3x cheaper events, benchmarks/RESULTS.md).
+# Remove this section to get Dagster's stock SQLite storage over the same files.
+storage:
+  custom:
+    module: solar_ml_pipeline.orchestration.event_log
+    class: EmbeddedSqliteStorage
+    config:
+      base_dir:
+        env: DAGSTER_HOME
+"""
+
 POSTGRES_STORAGE = """\
 # Runs, events, schedules and partitions in PostgreSQL (DAGSTER_PG_URL), shared by the
-# webserver, the daemon and every worker host.
+# webserver, the daemon and every worker host; each process keeps one connection per storage
+# (orchestration/postgres_storage.py) instead of a new PostgreSQL session per event.
 storage:
-  postgres:
-    postgres_url:
-      env: DAGSTER_PG_URL
+  custom:
+    module: solar_ml_pipeline.orchestration.postgres_storage
+    class: PooledPostgresStorage
+    config:
+      postgres_url:
+        env: DAGSTER_PG_URL
 """
 
 CELERY_LAUNCHER = """\
@@ -80,8 +97,7 @@ class InstanceMismatch(ValueError):
 
 def dagster_yaml_text(settings: Settings) -> str:
     text = DAGSTER_YAML.format(max_runs=settings.max_concurrent_runs)
-    if settings.dagster_pg_url:
-        text += POSTGRES_STORAGE
+    text += POSTGRES_STORAGE if settings.dagster_pg_url else EMBEDDED_STORAGE
     if settings.celery_broker_url:
         text += CELERY_LAUNCHER.format(backend_variable="CELERY_BACKEND_URL"
                                        if settings.celery_backend_url else "CELERY_BROKER_URL")
