@@ -108,3 +108,19 @@ def test_a_forked_process_opens_its_own_postgres_connection(settings, postgres, 
         storage.store_event(materialization("run-fork", "parent-again"))  # its connection intact
         partitions = {e.dagster_event.partition for e in instance.all_logs("run-fork")}
     assert partitions == {"parent|2026-03-10", "child|2026-03-10", "parent-again|2026-03-10"}
+
+
+def test_a_postgresql_restart_between_two_events_costs_a_reconnect_not_an_error(
+        settings, postgres, monkeypatch):
+    from solar_ml_pipeline_tests.orchestration.test_event_log import materialization
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    home = ensure_dagster_home(settings.with_overrides(dagster_pg_url=postgres.url))
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # a daemon, up for days
+        instance.event_log_storage.store_event(materialization("run-restart", "before"))
+        postgres.stop()
+        postgres.start()
+        instance.event_log_storage.store_event(materialization("run-restart", "after"))
+        partitions = [e.dagster_event.partition for e in instance.all_logs("run-restart")]
+    assert partitions == ["before|2026-03-10", "after|2026-03-10"]
