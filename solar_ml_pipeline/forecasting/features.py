@@ -85,6 +85,7 @@ class FeatureOptions:
     horizon_minutes: int
     timezone: str
     site: solar.SiteLike | None = None
+    sun: solar.SunMemo | None = None
 
 
 @dataclass(frozen=True)
@@ -183,9 +184,19 @@ class _SunAt:
     clear_sky_ahead: np.ndarray
 
 
-def _sun_at(timestamps: pd.Series, horizon_minutes: int, site: solar.SiteLike) -> _SunAt:
+def _sun_at(timestamps: pd.Series, horizon_minutes: int, site: solar.SiteLike,
+            sun: solar.SunMemo | None = None) -> _SunAt:
     now = pd.DatetimeIndex(timestamps.array)
     ahead = now + pd.Timedelta(minutes=horizon_minutes)
+    if sun is not None:
+        elevation, irradiance = sun.geometry(now, site)
+        elevation_ahead, irradiance_ahead = sun.geometry(ahead, site)
+        return _SunAt(
+            elevation=elevation, elevation_ahead=elevation_ahead,
+            clear_sky=solar.power_from_irradiance(irradiance, elevation, site.capacity_w),
+            clear_sky_ahead=solar.power_from_irradiance(irradiance_ahead, elevation_ahead,
+                                                        site.capacity_w),
+        )
     position_now = solar.solar_position(now, site)
     position_ahead = solar.solar_position(ahead, site)
     return _SunAt(
@@ -212,7 +223,7 @@ def _solar_features(readings: pd.DataFrame,
     if site is None:
         raise ValueError("feature set 'solar' needs the device's site: pass site=...")
     timestamps = readings["timestamp"]
-    sun = _sun_at(timestamps, options.horizon_minutes, site)
+    sun = _sun_at(timestamps, options.horizon_minutes, site, options.sun)
     power = readings["power"].to_numpy(dtype="float64")
     index = solar.clear_sky_index(power, sun.clear_sky, sun.elevation, site.capacity_w)
     # Trailing hour by time: (t - 60 min, t], the reading at t included, NaN skipped.
@@ -236,8 +247,8 @@ def _solar_features(readings: pd.DataFrame,
 
 
 def _reference_columns(readings: pd.DataFrame, horizon_minutes: int,
-                       site: solar.SiteLike) -> pd.DataFrame:
-    sun = _sun_at(readings["timestamp"], horizon_minutes, site)
+                       site: solar.SiteLike, sun_memo: solar.SunMemo | None) -> pd.DataFrame:
+    sun = _sun_at(readings["timestamp"], horizon_minutes, site, sun_memo)
     power = readings["power"].to_numpy(dtype="float64")
     return pd.DataFrame({
         DAYLIGHT: solar.is_daylight(sun.elevation_ahead),
@@ -299,12 +310,14 @@ def history_needed(feature_set: str) -> timedelta:
 def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezone: str,
                         feature_set: str = "original", with_target: bool = True,
                         tolerance: timedelta | None = None,
-                        site: solar.SiteLike | None = None) -> FeatureFrame:
+                        site: solar.SiteLike | None = None,
+                        sun: solar.SunMemo | None = None) -> FeatureFrame:
     """Features (and the target) of every reading in the window, sorted by time.
 
     The readings are cleaned first (idempotent), so raw, shuffled or duplicated input gives
     the same frame as its cleaned form. `site` is required by the `solar` feature set; with
-    any set it adds the `daylight` and `smart_persistence` reference columns.
+    any set it adds the `daylight` and `smart_persistence` reference columns. `sun` shares
+    the solar geometry between the windows of one fleet call.
     """
     builder = FEATURE_BUILDERS.get(feature_set)
     if builder is None:
@@ -316,14 +329,15 @@ def build_feature_frame(readings: pd.DataFrame, *, horizon_minutes: int, timezon
         raise ValueError(f"feature set {feature_set!r} needs the device's site (latitude, "
                          f"longitude, altitude, capacity_w): pass site=...")
     clean, _ = clean_readings(readings)
-    options = FeatureOptions(horizon_minutes=horizon_minutes, timezone=timezone, site=site)
+    options = FeatureOptions(horizon_minutes=horizon_minutes, timezone=timezone, site=site,
+                             sun=sun)
     built, usable = builder(clean, options)
     parts = [clean[["timestamp"]], built]
     if site is not None and "solar_elevation_ahead" in built.columns:
         parts.append(pd.DataFrame({DAYLIGHT: solar.is_daylight(built["solar_elevation_ahead"])},
                                   index=built.index))
     elif site is not None:
-        parts.append(_reference_columns(clean, horizon_minutes, site))
+        parts.append(_reference_columns(clean, horizon_minutes, site, sun))
     frame = pd.concat(parts, axis=1)
     if "power" not in frame.columns:
         frame["power"] = clean["power"]  # persistence needs power now, feature or not

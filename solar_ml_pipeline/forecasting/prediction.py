@@ -13,7 +13,8 @@ newer reading arrives or its pointer changes (promotion, rollback, fallback): th
 newest reading's time, the whole pointer (version, sha256, updated_at) and the registered site,
 and the pointer is read on every call, so the next request after a promotion is served by it,
 in every process. `predict_fleet` forecasts every device with readings, a page at a time, and
-lists the ones it cannot forecast with the reason.
+lists the ones it cannot forecast with the reason; the devices of a site share one
+computation of the solar geometry per minute (`solar.SunMemo`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -
 
 def predict_latest(settings: Settings, store: Store, server: ModelServer, device_id: str,
                    now: datetime | None = None,
-                   cache: ForecastCache | None = None) -> dict[str, Any]:
+                   cache: ForecastCache | None = None, sun: Any = None) -> dict[str, Any]:
     """Forecast power `horizon` after the newest reading, which must be under `horizon` old.
 
     `serving` says what made the forecast: "model", or "smart_persistence" (with `reason`,
@@ -135,13 +136,14 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
     Raises NoCurrentModel (no model), PredictionUnavailable (no recent readings, or they lack
     a sensor the model needs) and the loader's errors (corrupt pointer, checksum mismatch).
     With `cache`, the device's last forecast is returned while its newest reading, pointer
-    and site are those it was made for.
+    and site are those it was made for. `sun` (a solar.SunMemo) shares the solar geometry
+    with the other devices of a fleet call.
     """
     validate_device_id(device_id)
     now = now or utc_now()
     served = server.load_current(device_id)  # the pointer, read on every call
     if cache is None:
-        return _forecast(settings, store, served, now)
+        return _forecast(settings, store, served, now, sun)
     horizon = _horizon(settings, served)
     newest = _newest_reading(store, device_id, now - timedelta(minutes=horizon),
                              now + CLOCK_SKEW)
@@ -154,7 +156,7 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
         forecast, based_on = hit
         _check_fresh(device_id, based_on, now, horizon)
         return {**forecast, "generated_at": iso_z(now)}
-    forecast = _forecast(settings, store, served, now)
+    forecast = _forecast(settings, store, served, now, sun)
     cache.put(device_id, key, forecast, datetime.fromisoformat(forecast["based_on"]))
     return forecast
 
@@ -176,9 +178,9 @@ def _horizon(settings: Settings, served: ServedModel) -> int:
 
 
 def _forecast(settings: Settings, store: Store, served: ServedModel,
-              now: datetime) -> dict[str, Any]:
+              now: datetime, sun: Any = None) -> dict[str, Any]:
     if served.is_fallback:
-        return _smart_persistence_latest(settings, store, served, now)
+        return _smart_persistence_latest(settings, store, served, now, sun)
     device_id = served.device_id
     # Imported once a model exists: the feature code loads pvlib, which "no model" need not wait for.
     from solar_ml_pipeline.forecasting.features import build_feature_frame
@@ -195,7 +197,7 @@ def _forecast(settings: Settings, store: Store, served: ServedModel,
             readings, horizon_minutes=horizon,
             timezone=getattr(model, "timezone", None) or settings.timezone,
             feature_set=feature_set,
-            with_target=False, site=serving_site(model, store, settings, device_id),
+            with_target=False, site=serving_site(model, store, settings, device_id), sun=sun,
         )
     if built is None or built.frame.empty:
         raise _nothing_recent(store, device_id, now, horizon)
@@ -236,7 +238,7 @@ def interval_fields(intervals: dict[str, Any] | None, row: Any,
 
 
 def _smart_persistence_latest(settings: Settings, store: Store, served: ServedModel,
-                              now: datetime) -> dict[str, Any]:
+                              now: datetime, sun: Any = None) -> dict[str, Any]:
     """The fallback forecast from the newest reading, same freshness rule as a model's."""
     from solar_ml_pipeline.forecasting.solar import smart_persistence_forecast
     from solar_ml_pipeline.readings.cleaning import clean_readings
@@ -261,7 +263,7 @@ def _smart_persistence_latest(settings: Settings, store: Store, served: ServedMo
 
         row = build_feature_frame(usable, horizon_minutes=horizon, timezone=settings.timezone,
                                   feature_set="solar", with_target=False,
-                                  site=site).frame.iloc[[-1]]
+                                  site=site, sun=sun).frame.iloc[[-1]]
     return {
         "device_id": device_id,
         "serving": SERVING_FALLBACK,
@@ -302,14 +304,17 @@ def predict_fleet(settings: Settings, store: Store, server: ModelServer, *,
         raise ValueError(f"limit={limit!r} is invalid: expected 1-{FLEET_MAX_LIMIT}")
     if skip < 0:
         raise ValueError(f"skip={skip!r} is invalid: expected at least 0")
+    from solar_ml_pipeline.forecasting.solar import SunMemo
+
     now = now or utc_now()
     devices = sorted(store.list_devices())
+    sun = SunMemo()  # the geometry of each site and minute, computed once for the page
     forecasts: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
     for device_id in devices[skip:skip + limit]:
         try:
             forecasts.append(predict_latest(settings, store, server, device_id, now=now,
-                                            cache=cache))
+                                            cache=cache, sun=sun))
         except NoCurrentModel as exc:
             unavailable.append({"device_id": device_id, "kind": "no_model", "reason": str(exc)})
         except PredictionUnavailable as exc:

@@ -116,10 +116,53 @@ def clear_sky_power(timestamps: Any, site: SiteLike, mount: str = DEFAULT_MOUNT,
         position = solar_position(timestamps, site)
     if position.empty:
         return np.zeros(0)
+    return power_from_irradiance(plane_of_array_irradiance(position, site, mount),
+                                 position["elevation"].to_numpy(), site.capacity_w)
+
+
+def plane_of_array_irradiance(position: pd.DataFrame, site: SiteLike,
+                              mount: str = DEFAULT_MOUNT) -> np.ndarray:
+    """Clear-sky irradiance (W/m2, never negative) on the mount's plane at each position."""
+    if position.empty:
+        return np.zeros(0)
     sky = _clear_sky_irradiance(position, site)
-    irradiance = _plane_of_array(position, sky, mount)
-    power = site.capacity_w * np.clip(irradiance, 0.0, None) / STC_IRRADIANCE_W_M2
-    return np.where(position["elevation"].to_numpy() > 0.0, power, 0.0)
+    return np.clip(_plane_of_array(position, sky, mount), 0.0, None)
+
+
+def power_from_irradiance(irradiance: np.ndarray, elevation: np.ndarray,
+                          capacity_w: float) -> np.ndarray:
+    """Clear-sky power (W) of a site of `capacity_w` from its plane-of-array irradiance."""
+    power = capacity_w * irradiance / STC_IRRADIANCE_W_M2
+    return np.where(elevation > 0.0, power, 0.0)
+
+
+class SunMemo:
+    """Solar elevation and clear-sky irradiance by place and instant, shared by the devices
+    of one fleet forecast: trackers of a site report at the same minutes, so the first
+    device's window computes the geometry the others look up (capacity is applied per
+    device). Instants not seen yet are computed together, in one vectorised call.
+    """
+
+    def __init__(self, mount: str = DEFAULT_MOUNT) -> None:
+        self.mount = mount
+        self._tables: dict[tuple[float, float, float], pd.DataFrame] = {}
+
+    def geometry(self, instants: pd.DatetimeIndex, site: SiteLike) -> tuple[np.ndarray, np.ndarray]:
+        """(elevation, plane-of-array irradiance) at each instant, as the site computes them."""
+        place = (float(site.latitude), float(site.longitude), float(site.altitude))
+        table = self._tables.get(place)
+        wanted = _utc_index(instants)
+        missing = wanted.unique() if table is None else wanted.unique().difference(table.index)
+        if len(missing):
+            position = solar_position(missing, site)
+            computed = pd.DataFrame({
+                "elevation": position["elevation"].to_numpy(),
+                "irradiance": plane_of_array_irradiance(position, site, self.mount),
+            }, index=position.index)
+            table = computed if table is None else pd.concat([table, computed]).sort_index()
+            self._tables[place] = table
+        rows = table.index.get_indexer(wanted)
+        return (table["elevation"].to_numpy()[rows], table["irradiance"].to_numpy()[rows])
 
 
 def clear_sky_ceiling(timestamps: Any, site: SiteLike,

@@ -80,15 +80,45 @@ def test_the_short_lookback_fallback_forecasts_what_three_hours_forecast(replay,
     assert _without_readings_used(short) == _without_readings_used(long)
 
 
+def test_the_fleet_computes_a_sites_geometry_once_and_forecasts_what_each_device_would_alone(
+        replay, monkeypatch):
+    from solar_ml_pipeline.forecasting import solar
+
+    twin = "twin01"  # the same tracker's readings and model under a second id, same site
+    replay.store.write_readings(replay.readings.assign(device_id=twin).to_dict("records"))
+    served = ModelServer(replay.registry).load_current(DEVICE)
+    replay.registry.save_version(twin, served.version, served.model,
+                                 replay.registry.read_meta(DEVICE, served.version))
+    replay.registry.promote(twin, served.version)
+    now = FIRST_CUTOFF + timedelta(hours=19.5)
+    calls = []
+    position = solar.solar_position
+    monkeypatch.setattr(solar, "solar_position",
+                        lambda t, site: calls.append(len(t)) or position(t, site))
+    server = ModelServer(replay.registry)
+    alone = [predict_latest(replay.settings, replay.store, server, d, now=now)
+             for d in (DEVICE, twin)]
+    calls_alone, calls[:] = list(calls), []
+    fleet = predict_fleet(replay.settings, replay.store, server, now=now)
+    assert [f["device_id"] for f in fleet["forecasts"]] == [DEVICE, twin]
+    for together, single in zip(fleet["forecasts"], alone, strict=True):
+        assert together["serving"] == "model"
+        for name in ("predicted_power", "p10", "p90", "current_power"):
+            assert together[name] == pytest.approx(single[name], rel=1e-9), name
+        assert together["based_on"] == single["based_on"]
+    assert len(calls_alone) == 4  # now and 15 minutes ahead, for each device
+    assert len(calls) == 2  # the twin's instants were the first device's
+
+
 @pytest.fixture
 def counted(monkeypatch) -> list[str]:
     """Device ids of the forecasts actually computed (cache misses)."""
     calls: list[str] = []
     compute = prediction._forecast
 
-    def counting(settings, store, served, now):
+    def counting(settings, store, served, now, *rest):
         calls.append(served.device_id)
-        return compute(settings, store, served, now)
+        return compute(settings, store, served, now, *rest)
 
     monkeypatch.setattr(prediction, "_forecast", counting)
     return calls

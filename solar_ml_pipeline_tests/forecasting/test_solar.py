@@ -144,3 +144,29 @@ def test_a_month_of_one_minute_timestamps_takes_well_under_a_second():
     solar.clear_sky_power(month, COLOMBO, position=position)
     # About 0.2 s on an idle core; the bound leaves room for a busy CI machine.
     assert time.perf_counter() - began < 2.0
+
+
+def test_the_sun_memo_gives_each_site_what_it_computes_alone_and_each_instant_once(monkeypatch):
+    calls = []
+    position = solar.solar_position
+
+    def counting(timestamps, site):  # noqa: ANN001, ANN202
+        calls.append(len(timestamps))
+        return position(timestamps, site)
+
+    memo = solar.SunMemo()
+    minutes = pd.date_range("2026-03-20 00:30", periods=180, freq="1min", tz="UTC")
+    jittered = minutes[60:] + pd.Timedelta(seconds=20)  # another tracker's clock
+    big = Site(capacity_w=5000.0)  # same place, other capacity
+    sydney = Site(latitude=-33.87, longitude=151.21, altitude=30.0, timezone="Australia/Sydney")
+    cases = [(COLOMBO, minutes), (big, minutes), (COLOMBO, jittered), (sydney, minutes)]
+    expected = [(solar.solar_elevation(t, s), solar.clear_sky_power(t, s)) for s, t in cases]
+    monkeypatch.setattr(solar, "solar_position", counting)
+    for (site, instants), (elevation, clear_sky) in zip(cases, expected, strict=True):
+        got_elevation, irradiance = memo.geometry(instants, site)
+        np.testing.assert_allclose(got_elevation, elevation, rtol=1e-12, atol=1e-9)
+        power = solar.power_from_irradiance(irradiance, got_elevation, site.capacity_w)
+        np.testing.assert_allclose(power, clear_sky, rtol=1e-12, atol=1e-9)
+    # Colombo's minutes once (the larger tracker there reuses them), its jittered instants,
+    # and Sydney's minutes: three vectorised calls, each instant computed once
+    assert calls == [180, 120, 180]
