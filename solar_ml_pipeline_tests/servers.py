@@ -45,6 +45,7 @@ class PostgresServer:
     data_dir: Path
     port: int
     bin_dir: Path
+    also_listen: tuple[str, ...] = ()  # addresses besides loopback (other network namespaces)
 
     @property
     def url(self) -> str:
@@ -57,7 +58,8 @@ class PostgresServer:
 
     def start(self) -> None:
         self.pg_ctl("-w", "-l", str(self.data_dir / "server.log"), "-o",
-                    f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
+                    f"-p {self.port} -c listen_addresses={','.join(('127.0.0.1', *self.also_listen))} "
+                    f"-k {self.data_dir} "
                     "-c fsync=off -c max_connections=200", "start")
 
     def stop(self) -> None:
@@ -65,7 +67,7 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(also_listen: tuple[str, ...] = ()) -> Iterator[PostgresServer]:
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
@@ -76,7 +78,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data_dir), "-A", "trust",
                                  "-U", "postgres", "--no-sync"]),
                    capture_output=True, text=True, check=True, timeout=120)
-    server = PostgresServer(data_dir, free_port(), bin_dir)
+    if also_listen:  # initdb trusts loopback only
+        with open(data_dir / "pg_hba.conf", "a") as hba:
+            hba.write("host all all samenet trust\n")  # the subnets of also_listen
+    server = PostgresServer(data_dir, free_port(), bin_dir, also_listen)
     server.start()
     try:
         subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(server.port),
@@ -92,6 +97,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 class RedisServer:
     port: int
     process: subprocess.Popen | None = None
+    also_listen: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -99,8 +105,8 @@ class RedisServer:
 
     def start(self, folder: Path) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(folder)],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.also_listen,
+             "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -116,12 +122,68 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(tmp_path: Path, also_listen: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = RedisServer(free_port())
+    server = RedisServer(free_port(), also_listen=also_listen)
     server.start(tmp_path)
     try:
         yield server
     finally:
         server.stop()
+
+
+# -- worker "hosts" in their own network namespaces ---------------------------------------
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """A network namespace joined to this one by a veth pair: processes in it reach the
+    servers only at `gateway` (this side's address), never over this namespace's loopback."""
+
+    namespace: str
+    gateway: str
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def url(self, loopback_url: str) -> str:
+        """A server's URL as seen from inside the namespace."""
+        return loopback_url.replace("127.0.0.1", self.gateway)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], capture_output=True, text=True, check=True, timeout=30)
+
+
+@contextlib.contextmanager
+def host_networks(hosts: tuple[str, ...]) -> Iterator[dict[str, HostNetwork] | None]:
+    """One network namespace per host where the machine allows it (root and iproute2), else
+    None: the caller then runs its "hosts" as plain processes."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        yield None
+        return
+    made: list[str] = []
+    networks: dict[str, HostNetwork] | None = {}
+    tag = os.getpid() % 100_000
+    try:
+        for index, host in enumerate(hosts, start=1):
+            namespace, outside, inside = f"solarml{tag}{host}", f"sm{tag}o{index}", f"sm{tag}i{index}"
+            gateway, address = f"10.199.{index}.1", f"10.199.{index}.2"
+            _ip("netns", "add", namespace)
+            made.append(namespace)
+            _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+            _ip("link", "set", inside, "netns", namespace)
+            _ip("addr", "add", f"{gateway}/24", "dev", outside)
+            _ip("link", "set", outside, "up")
+            for args in (("addr", "add", f"{address}/24", "dev", inside),
+                         ("link", "set", inside, "up"), ("link", "set", "lo", "up")):
+                _ip("netns", "exec", namespace, "ip", *args)
+            networks[host] = HostNetwork(namespace, gateway)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        networks = None  # e.g. a container without CAP_NET_ADMIN
+    try:
+        yield networks
+    finally:
+        for namespace in made:  # the veth pair goes with its namespace
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

@@ -1,6 +1,7 @@
 """Scale-out on an existing engine: the Dagster instance on PostgreSQL, runs executed by two
-Celery workers (two "hosts": separate processes, each with its own DAGSTER_HOME and the shared
-model folder mounted at its own path), Redis as the broker. Real servers on loopback.
+Celery workers (two "hosts": separate processes, each in its own network namespace where the
+machine allows it, reaching the servers over a veth pair, and each with its own DAGSTER_HOME
+and the shared model folder mounted at its own path), Redis as the broker. Real servers.
 
 Every process is started from the README's deployment files: the commands of
 `deploy/systemd/*.service` and the environment of `deploy/solar-ml.env`, with this test's
@@ -39,7 +40,7 @@ from solar_ml_pipeline_tests.e2e.conftest import (
 from solar_ml_pipeline_tests.e2e.dagster_api import DagsterApi, wait_until
 from solar_ml_pipeline_tests.reliability.support import audit_model_store
 from solar_ml_pipeline_tests.reliability.test_daemon_restart import shorten_run_monitoring
-from solar_ml_pipeline_tests.servers import postgres_server, redis_server
+from solar_ml_pipeline_tests.servers import host_networks, postgres_server, redis_server
 
 pytest.importorskip("dagster_celery")
 pytest.importorskip("dagster_postgres")
@@ -55,21 +56,28 @@ TEST_OWN = ("DAGSTER_PG_URL", "CELERY_BROKER_URL", "DAGSTER_HOME", "MODEL_DIR", 
 
 
 class Deployment:
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env = root, env
+    def __init__(self, root: Path, env: dict[str, str], networks: dict | None) -> None:
+        self.root, self.env, self.networks = root, env, networks
         self.workers: dict[str, subprocess.Popen] = {}
         self.dev: subprocess.Popen | None = None  # the webserver
         self.daemon: subprocess.Popen | None = None
         self.api: DagsterApi | None = None
 
     def host_env(self, host: str) -> dict[str, str]:
-        return {**self.env, "DAGSTER_HOME": str(self.root / host / "dagster_home"),
-                "MODEL_DIR": str(self.root / host / "models")}
+        env = {**self.env, "DAGSTER_HOME": str(self.root / host / "dagster_home"),
+               "MODEL_DIR": str(self.root / host / "models")}
+        network = (self.networks or {}).get(host)
+        if network:  # the servers at this host's gateway, not at loopback
+            for name in ("DAGSTER_PG_URL", "CELERY_BROKER_URL"):
+                env[name] = network.url(env[name])
+        return env
 
     def start_worker(self, host: str) -> None:
         log = open(self.root / f"{host}.log", "ab")  # noqa: SIM115 - closed with the process
+        command = unit_command("solar-ml-worker@.service", host)
+        network = (self.networks or {}).get(host)
         self.workers[host] = subprocess.Popen(
-            unit_command("solar-ml-worker@.service", host), env=self.host_env(host),
+            network.command(command) if network else command, env=self.host_env(host),
             cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def settings(self, host: str = "daemon"):
@@ -92,8 +100,10 @@ class Deployment:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("celery")
-    with postgres_server() as postgres, redis_server(root) as redis:
-        yield root, postgres, redis
+    with host_networks(HOSTS) as networks:
+        gateways = tuple(network.gateway for network in (networks or {}).values())
+        with postgres_server(gateways) as postgres, redis_server(root, gateways) as redis:
+            yield root, postgres, redis, networks
 
 
 @pytest.fixture
@@ -103,7 +113,7 @@ def redis_control(servers):
 
 @pytest.fixture(scope="module")
 def deployment(servers):
-    root, postgres, redis = servers
+    root, postgres, redis, networks = servers
     if True:
         now = datetime.now(UTC)
         env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
@@ -117,7 +127,7 @@ def deployment(servers):
             "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost",
         })
         (root / "shared" / "models").mkdir(parents=True)
-        deployment = Deployment(root, env)
+        deployment = Deployment(root, env, networks)
         for host in (*HOSTS, "daemon"):  # the shared folder, mounted at each host's own path
             (root / host).mkdir()
             (root / host / "models").symlink_to(root / "shared" / "models")
@@ -171,6 +181,9 @@ def test_a_40_device_fleet_retrains_in_batches_on_both_workers_each_attempt_once
     finished = {r["runId"]: r for r in api.runs(run_ids=list(statuses))}
     workers = Counter(deployment.worker_of(run) for run in finished.values())
     assert set(workers) == set(HOSTS), workers  # both hosts took runs
+    if deployment.networks:  # each "host" had a network of its own, no loopback to share
+        spaces = {os.readlink(f"/proc/{p.pid}/ns/net") for p in deployment.workers.values()}
+        assert len(spaces) == len(HOSTS) and os.readlink("/proc/self/ns/net") not in spaces
 
 
 def test_a_worker_killed_mid_batch_fails_its_run_and_the_other_worker_goes_on(deployment):
@@ -215,18 +228,32 @@ def test_a_worker_killed_mid_batch_fails_its_run_and_the_other_worker_goes_on(de
         store.close()
 
 
-def test_with_the_broker_down_a_launch_fails_with_one_clear_error_and_writes_nothing(
+def test_the_broker_stopped_mid_batch_fails_new_launches_with_one_clear_error_and_loses_nothing(
         deployment, redis_control):
     api = deployment.api
-    period = period_key_at(deployment.settings(), datetime.now(UTC))
+    settings = deployment.settings()
+    earlier = period_key_at(settings, datetime.now(UTC) - timedelta(days=2))
+    batch = FLEET[20:30]
+    running = api.launch_run("retrain_job", {
+        "dagster/asset_partition_range_start": f"{batch[0]}|{earlier}",
+        "dagster/asset_partition_range_end": f"{batch[-1]}|{earlier}"})
+
+    def mid_batch():
+        done = {r["device_id"] for r in deployment.records() if r.get("dagster_run_id") == running}
+        return 0 < len(done) < len(batch) or None
+
+    assert wait_until(mid_batch, 180, 0.2), api.runs(run_ids=[running])
+    period = period_key_at(settings, datetime.now(UTC))
     device_id = FLEET[30]
     before = [r["run_id"] for r in deployment.records() if r["device_id"] == device_id]
-    redis_control.stop()
+    redis_control.stop()  # the broker goes down while a worker is inside a batch
     try:
         run_id = api.launch_run("retrain_job", {"dagster/partition": f"{device_id}|{period}"})
         assert api.wait_for_runs([run_id], 120)[run_id] == "FAILURE"
         record = wait_until(lambda: next((r for r in deployment.records()
                                           if r["run_id"] == run_id), None), 60)
+        # the batch already on a worker needs no broker to finish: events go to PostgreSQL
+        assert api.wait_for_runs([running], 120)[running] == "SUCCESS"
     finally:
         redis_control.start(deployment.root)
     assert record is not None and record["status"] == "failed"
@@ -237,3 +264,15 @@ def test_with_the_broker_down_a_launch_fails_with_one_clear_error_and_writes_not
     assert after == [run_id, *before]  # that one failed record, nothing else
     registry = ModelRegistry(deployment.root / "shared" / "models")
     assert len(registry.list_versions(device_id)) == 1  # no version was made
+    records = [r for r in deployment.records() if r["period"] == earlier]
+    assert Counter(r["device_id"] for r in records) == Counter(batch)  # each exactly once
+    assert {r["status"] for r in records} == {"success"}
+    store = open_store(settings)
+    try:
+        for each in batch:
+            audit_model_store(registry, store, each)  # no torn pointer or version
+    finally:
+        store.close()
+    # the workers reconnect: the next launch runs
+    again = api.launch_run("retrain_job", {"dagster/partition": f"{device_id}|{period}"})
+    assert api.wait_for_runs([again], 180)[again] == "SUCCESS"
