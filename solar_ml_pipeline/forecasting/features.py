@@ -207,14 +207,40 @@ def _sun_at(timestamps: pd.Series, horizon_minutes: int, site: solar.SiteLike,
     )
 
 
+def _instants(timestamps: pd.Series) -> np.ndarray:
+    return timestamps.to_numpy(dtype="datetime64[ns]").view("int64")
+
+
+def _nearest_within(instants: np.ndarray, wanted: np.ndarray, tolerance: timedelta) -> np.ndarray:
+    """For each wanted instant, the index of the nearest of the sorted `instants` at most
+    `tolerance` away (the earlier one on a tie), else -1: pandas' merge_asof(direction=
+    "nearest") to the letter, without its per-call frame building (a third of a forecast)."""
+    count = len(instants)
+    if count == 0:
+        return np.full(len(wanted), -1, dtype="int64")
+    before = np.searchsorted(instants, wanted, side="right") - 1
+    after = np.searchsorted(instants, wanted, side="left")
+    gap_before = np.where(before >= 0, wanted - instants[np.maximum(before, 0)], np.iinfo("int64").max)
+    gap_after = np.where(after < count, instants[np.minimum(after, count - 1)] - wanted,
+                         np.iinfo("int64").max)
+    nearest = np.where(gap_before <= gap_after, before, after)
+    gap = np.minimum(gap_before, gap_after)
+    return np.where(gap <= pd.Timedelta(tolerance).value, nearest, -1)
+
+
+def _values_at(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    out = np.full(len(indices), np.nan)
+    found = indices >= 0
+    out[found] = values[indices[found]]
+    return out
+
+
 def _value_minutes_ago(timestamps: pd.Series, values: np.ndarray, minutes: int) -> np.ndarray:
     """The value of the reading nearest to `t - minutes`, within the target's tolerance rule."""
-    lag = pd.Timedelta(minutes=minutes)
-    wanted = pd.DataFrame({"at": timestamps - lag})
-    observed = pd.DataFrame({"at": timestamps, "value": values})
-    matched = pd.merge_asof(wanted, observed, on="at", direction="nearest",
-                            tolerance=pd.Timedelta(default_tolerance(minutes)))
-    return matched["value"].to_numpy(dtype="float64")
+    instants = _instants(timestamps)
+    lag = pd.Timedelta(minutes=minutes).value
+    return _values_at(values, _nearest_within(instants, instants - lag,
+                                              default_tolerance(minutes)))
 
 
 def _solar_features(readings: pd.DataFrame,
@@ -271,11 +297,9 @@ def default_tolerance(horizon_minutes: int) -> timedelta:
 
 
 def _target(readings: pd.DataFrame, horizon: timedelta, tolerance: timedelta) -> np.ndarray:
-    wanted = pd.DataFrame({"at": readings["timestamp"] + horizon})
-    observed = pd.DataFrame({"at": readings["timestamp"], TARGET: readings["power"]})
-    matched = pd.merge_asof(wanted, observed, on="at", direction="nearest",
-                            tolerance=pd.Timedelta(tolerance))
-    return matched[TARGET].to_numpy(dtype="float64")
+    instants = _instants(readings["timestamp"])
+    matched = _nearest_within(instants, instants + pd.Timedelta(horizon).value, tolerance)
+    return _values_at(readings["power"].to_numpy(dtype="float64"), matched)
 
 
 def target_power(readings: pd.DataFrame, horizon_minutes: int) -> np.ndarray:

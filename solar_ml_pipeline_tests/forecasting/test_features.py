@@ -348,3 +348,52 @@ def test_a_month_of_one_minute_readings_builds_solar_features_in_a_few_seconds()
     began = time.perf_counter()
     _build(readings, feature_set="solar", site=SITE)
     assert time.perf_counter() - began < 5.0  # about 1 s on an idle core
+
+
+from hypothesis import given, settings as hypothesis_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from solar_ml_pipeline.forecasting import features as feature_module  # noqa: E402
+
+
+def _merge_asof_reference(timestamps, values, wanted, tolerance):
+    """What the lags and the target were computed with before: pandas' merge_asof."""
+    matched = pd.merge_asof(pd.DataFrame({"at": wanted}),
+                            pd.DataFrame({"at": timestamps, "value": values}), on="at",
+                            direction="nearest", tolerance=pd.Timedelta(tolerance))
+    return matched["value"].to_numpy(dtype="float64")
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(gaps=st.lists(st.integers(1, 1200), max_size=60),  # seconds between readings
+       missing=st.lists(st.booleans(), max_size=61),
+       lag_minutes=st.integers(1, 60), horizon_minutes=st.integers(2, 60))
+def test_lags_and_target_match_the_nearest_reading_within_tolerance_as_merge_asof_did(
+        gaps, missing, lag_minutes, horizon_minutes):
+    start = pd.Timestamp("2026-03-10 06:00", tz="UTC")
+    seconds = np.concatenate([[0], np.cumsum(gaps)]).astype("int64")
+    timestamps = pd.Series(start + pd.to_timedelta(seconds, unit="s"))
+    values = np.arange(len(seconds), dtype="float64") * 10.0
+    values[[i for i, gone in enumerate(missing[:len(values)]) if gone]] = np.nan
+    lag = pd.Timedelta(minutes=lag_minutes)
+    expected = _merge_asof_reference(timestamps, values, timestamps - lag,
+                                     default_tolerance(lag_minutes))
+    np.testing.assert_array_equal(
+        feature_module._value_minutes_ago(timestamps, values, lag_minutes), expected)
+    horizon = timedelta(minutes=horizon_minutes)
+    readings = pd.DataFrame({"timestamp": timestamps, "power": values})
+    np.testing.assert_array_equal(
+        feature_module._target(readings, horizon, default_tolerance(horizon_minutes)),
+        _merge_asof_reference(timestamps, values, timestamps + horizon,
+                              default_tolerance(horizon_minutes)))
+
+
+def test_a_reading_equally_near_on_both_sides_matches_the_earlier_one_as_merge_asof_did():
+    timestamps = pd.Series(pd.to_datetime(["2026-03-10 06:00", "2026-03-10 06:10"], utc=True))
+    values = np.array([1.0, 2.0])
+    wanted = timestamps.iloc[:1] + pd.Timedelta(minutes=5)
+    tolerance = timedelta(minutes=5)
+    reference = _merge_asof_reference(timestamps, values, wanted, tolerance)
+    got = feature_module._nearest_within(feature_module._instants(timestamps),
+                                         feature_module._instants(wanted), tolerance)
+    assert list(reference) == [1.0] and list(got) == [0]
