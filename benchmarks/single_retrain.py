@@ -223,7 +223,7 @@ def consolidated_settings(settings: Any) -> Any:
     home = settings.solar_ml_home / "dagster_home_consolidated"
     variant = settings.with_overrides(dagster_home=home)
     config = ensure_dagster_home(variant) / "dagster.yaml"
-    config.write_text(dagster_yaml_text(variant)
+    config.write_text(dagster_yaml_text(variant, pooled_sqlite=False)
                       + CONSOLIDATED_EVENT_LOG.format(base_dir=home / "history" / "events"))
     return variant
 

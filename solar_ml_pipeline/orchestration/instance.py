@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -50,16 +51,15 @@ telemetry:
 
 
 EMBEDDED_STORAGE = """\
-# Dagster's SQLite files under DAGSTER_HOME, with the event log's connections kept open
-# between events (orchestration/event_log.py: 3x cheaper events, benchmarks/RESULTS.md).
-# Remove this section to get Dagster's stock SQLite storage over the same files.
+# Dagster's SQLite files in this folder (the files stock Dagster keeps here), with the event
+# log's connections kept open between events (orchestration/event_log.py: 3x cheaper events,
+# benchmarks/RESULTS.md). Remove this section to get Dagster's stock SQLite storage.
 storage:
   custom:
     module: solar_ml_pipeline.orchestration.event_log
     class: EmbeddedSqliteStorage
     config:
-      base_dir:
-        env: DAGSTER_HOME
+      base_dir: {base_dir}
 """
 
 POSTGRES_STORAGE = """\
@@ -95,9 +95,14 @@ class InstanceMismatch(ValueError):
     """DAGSTER_HOME's dagster.yaml was written for another deployment than the settings say."""
 
 
-def dagster_yaml_text(settings: Settings) -> str:
+def dagster_yaml_text(settings: Settings, *, pooled_sqlite: bool = True) -> str:
     text = DAGSTER_YAML.format(max_runs=settings.max_concurrent_runs)
-    text += POSTGRES_STORAGE if settings.dagster_pg_url else EMBEDDED_STORAGE
+    if settings.dagster_pg_url:
+        text += POSTGRES_STORAGE
+    elif pooled_sqlite:  # the folder itself, not $DAGSTER_HOME: an instance opened by path
+        # from a process whose DAGSTER_HOME differs must still find its runs
+        home = str(settings.dagster_home.resolve())
+        text += EMBEDDED_STORAGE.format(base_dir=json.dumps(home))
     if settings.celery_broker_url:
         text += CELERY_LAUNCHER.format(backend_variable="CELERY_BACKEND_URL"
                                        if settings.celery_backend_url else "CELERY_BROKER_URL")
@@ -114,6 +119,22 @@ def check_matches(config: Path, settings: Settings) -> None:
             raise InstanceMismatch(
                 f"{variable} is set but {config} was written without it: delete that file "
                 "(solar-ml writes it again from the template) or add the section by hand")
+    written = _embedded_base_dir(text)
+    if written is not None and Path(written) != config.parent.resolve():
+        raise InstanceMismatch(
+            f"{config} keeps the instance's files in {written}, not in its own folder (was "
+            "DAGSTER_HOME moved?): set base_dir there to this folder, or delete the file")
+
+
+def _embedded_base_dir(text: str) -> str | None:
+    import yaml
+
+    storage = (yaml.safe_load(text) or {}).get("storage")
+    custom = storage.get("custom") if isinstance(storage, dict) else None
+    if not isinstance(custom, dict) or custom.get("class") != "EmbeddedSqliteStorage":
+        return None
+    base_dir = (custom.get("config") or {}).get("base_dir")
+    return base_dir if isinstance(base_dir, str) else None
 
 
 # Written once the instance's storage exists; its absence sends a process through the lock.

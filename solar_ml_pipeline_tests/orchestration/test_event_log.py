@@ -99,3 +99,27 @@ def test_threads_share_the_pooled_storage_without_losing_events(tmp_path):
     for thread in threads:
         thread.join()
     assert len(storage.get_records_for_run("run-a", limit=100).records) == 40
+
+
+def test_a_dagster_home_opened_by_path_finds_its_runs_whatever_dagster_home_says(
+        settings, monkeypatch, tmp_path):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = ensure_dagster_home(settings)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.event_log_storage.store_event(materialization("run-a", "t1"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert len(instance.all_logs("run-a")) == 1
+
+
+def test_a_moved_dagster_home_is_refused_with_one_line_naming_the_fix(settings, monkeypatch):
+    import pytest
+
+    from solar_ml_pipeline.orchestration.instance import InstanceMismatch
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = ensure_dagster_home(settings)
+    moved = home.with_name("dagster_home_moved")
+    home.rename(moved)
+    with pytest.raises(InstanceMismatch, match="not in its own folder .*was DAGSTER_HOME moved"):
+        ensure_dagster_home(settings.with_overrides(dagster_home=moved))
