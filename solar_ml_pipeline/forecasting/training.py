@@ -100,6 +100,22 @@ def _missing_features(features: list[str], frame: pd.DataFrame) -> list[str]:
     return [name for name in features if name not in frame.columns]
 
 
+# A forecast of a few rows finishes before OpenMP's threads wake (PASSIVE waiting, see
+# the package): one thread makes a one-row gradient-boosting predict 3x faster (2.6 -> 0.8 ms).
+FEW_ROWS = 256
+_THREADPOOLS: list[Any] = []
+
+
+def _few_rows_one_thread(rows: int) -> Any:
+    if rows > FEW_ROWS:
+        return nullcontext()
+    if not _THREADPOOLS:  # finding the loaded thread pools once costs milliseconds
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1, user_api="openmp")
+
+
 @dataclass
 class ForecastModel:
     """A fitted estimator with what it takes to use it: its features, horizon and the time
@@ -131,8 +147,9 @@ class ForecastModel:
                 f"the model needs features missing from this frame: {', '.join(missing)}; "
                 f"build the frame from readings that include those sensors"
             )
-        predictions = np.asarray(self.estimator.predict(frame[self.features].astype("float64")),
-                                 dtype="float64")
+        with _few_rows_one_thread(len(frame)):
+            predictions = np.asarray(
+                self.estimator.predict(frame[self.features].astype("float64")), dtype="float64")
         if self.target == RESIDUAL:
             predictions = predictions + frame[SMART_PERSISTENCE].to_numpy(dtype="float64")
         return predictions

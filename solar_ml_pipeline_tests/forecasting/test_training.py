@@ -400,3 +400,28 @@ def test_a_thread_cap_applies_to_the_fit_and_leaves_the_process_as_it_was(monkey
                        feature_set="original", estimator_params={"max_iter": 20}, threads=1)
     assert seen and all(n == 1 for n in seen[0])
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"] == before
+
+
+def test_a_few_rows_are_forecast_on_one_openmp_thread_and_a_backtest_on_all(monkeypatch):
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: F401 - loads OpenMP
+    from threadpoolctl import threadpool_info
+
+    def openmp_threads() -> int:
+        return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+
+    seen = []
+
+    class Probe:
+        def predict(self, features):  # noqa: ANN001, ANN202
+            seen.append(openmp_threads())
+            return np.zeros(len(features))
+
+    model = training_module.ForecastModel(
+        estimator=Probe(), features=["power"], horizon_minutes=15, model_type="probe",
+        feature_set="original", trained_at=datetime(2026, 3, 1, tzinfo=UTC))
+    everything = openmp_threads()
+    model.predict(pd.DataFrame({"power": [1.0]}))  # serving: one row
+    model.predict(pd.DataFrame({"power": np.ones(training_module.FEW_ROWS + 1)}))
+    assert seen == [1, everything]
+    assert openmp_threads() == everything  # the limit ends with the call
