@@ -61,12 +61,12 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         for storage in self._storages():
             dropped = storage._engine  # noqa: SLF001 - the engine dagster-postgres opened
             options = dropped.url.query.get("options")
-            storage._engine = create_pg_engine(  # noqa: SLF001
+            storage._engine = create_pg_engine(  # noqa: SLF001 - as optimize_for_webserver does
                 postgres_url, token_provider, isolation_level="AUTOCOMMIT", pool_size=1,
                 max_overflow=MAX_OVERFLOW, pool_recycle=POOL_RECYCLE_S,
                 **({"connect_args": {"options": options}} if options else {}))
             dropped.dispose()
-            _checked_on_checkout(storage._engine)  # noqa: SLF001
+            _checked_on_checkout(storage._engine)  # noqa: SLF001 - the engine just made
 
     def _storages(self) -> tuple[Any, ...]:
         return (self._run_storage, self._event_log_storage, self._schedule_storage)
