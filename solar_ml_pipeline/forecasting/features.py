@@ -186,24 +186,18 @@ class _SunAt:
 
 def _sun_at(timestamps: pd.Series, horizon_minutes: int, site: solar.SiteLike,
             sun: solar.SunMemo | None = None) -> _SunAt:
+    """Through a SunMemo (the fleet call's, else one for this window): the instants `now`
+    and `ahead` share are computed once, with the same numbers as one by one."""
+    sun = sun or solar.SunMemo()
     now = pd.DatetimeIndex(timestamps.array)
-    ahead = now + pd.Timedelta(minutes=horizon_minutes)
-    if sun is not None:
-        elevation, irradiance = sun.geometry(now, site)
-        elevation_ahead, irradiance_ahead = sun.geometry(ahead, site)
-        return _SunAt(
-            elevation=elevation, elevation_ahead=elevation_ahead,
-            clear_sky=solar.power_from_irradiance(irradiance, elevation, site.capacity_w),
-            clear_sky_ahead=solar.power_from_irradiance(irradiance_ahead, elevation_ahead,
-                                                        site.capacity_w),
-        )
-    position_now = solar.solar_position(now, site)
-    position_ahead = solar.solar_position(ahead, site)
+    elevation, irradiance = sun.geometry(now, site)
+    elevation_ahead, irradiance_ahead = sun.geometry(
+        now + pd.Timedelta(minutes=horizon_minutes), site)
     return _SunAt(
-        elevation=position_now["elevation"].to_numpy(),
-        elevation_ahead=position_ahead["elevation"].to_numpy(),
-        clear_sky=solar.clear_sky_power(now, site, position=position_now),
-        clear_sky_ahead=solar.clear_sky_power(ahead, site, position=position_ahead),
+        elevation=elevation, elevation_ahead=elevation_ahead,
+        clear_sky=solar.power_from_irradiance(irradiance, elevation, site.capacity_w),
+        clear_sky_ahead=solar.power_from_irradiance(irradiance_ahead, elevation_ahead,
+                                                    site.capacity_w),
     )
 
 
@@ -220,9 +214,9 @@ def _nearest_within(instants: np.ndarray, wanted: np.ndarray, tolerance: timedel
         return np.full(len(wanted), -1, dtype="int64")
     before = np.searchsorted(instants, wanted, side="right") - 1
     after = np.searchsorted(instants, wanted, side="left")
-    gap_before = np.where(before >= 0, wanted - instants[np.maximum(before, 0)], np.iinfo("int64").max)
-    gap_after = np.where(after < count, instants[np.minimum(after, count - 1)] - wanted,
-                         np.iinfo("int64").max)
+    never = np.iinfo("int64").max
+    gap_before = np.where(before >= 0, wanted - instants[np.maximum(before, 0)], never)
+    gap_after = np.where(after < count, instants[np.minimum(after, count - 1)] - wanted, never)
     nearest = np.where(gap_before <= gap_after, before, after)
     gap = np.minimum(gap_before, gap_after)
     return np.where(gap <= pd.Timedelta(tolerance).value, nearest, -1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from solar_ml_pipeline.config import Settings, validate_device_id
 from solar_ml_pipeline.model_store.errors import ModelStoreError, NoCurrentModel
@@ -30,6 +30,9 @@ from solar_ml_pipeline.model_store.registry import SERVING_FALLBACK, SERVING_MOD
 from solar_ml_pipeline.model_store.serving import ModelServer, ServedModel
 from solar_ml_pipeline.storage import Store
 from solar_ml_pipeline.storage.run_records import iso_z, utc_now
+
+if TYPE_CHECKING:  # solar loads pvlib, which answering "no model" need not wait for
+    from solar_ml_pipeline.forecasting.solar import SunMemo
 
 # What serving read before `now` until issue 18, whatever the feature set (tests compare the
 # short window with it); backtests still read this much before their span.
@@ -128,7 +131,8 @@ def serving_site(model: Any, store: Store, settings: Settings, device_id: str) -
 
 def predict_latest(settings: Settings, store: Store, server: ModelServer, device_id: str,
                    now: datetime | None = None,
-                   cache: ForecastCache | None = None, sun: Any = None) -> dict[str, Any]:
+                   cache: ForecastCache | None = None,
+                   sun: SunMemo | None = None) -> dict[str, Any]:
     """Forecast power `horizon` after the newest reading, which must be under `horizon` old.
 
     `serving` says what made the forecast: "model", or "smart_persistence" (with `reason`,
@@ -136,8 +140,8 @@ def predict_latest(settings: Settings, store: Store, server: ModelServer, device
     Raises NoCurrentModel (no model), PredictionUnavailable (no recent readings, or they lack
     a sensor the model needs) and the loader's errors (corrupt pointer, checksum mismatch).
     With `cache`, the device's last forecast is returned while its newest reading, pointer
-    and site are those it was made for. `sun` (a solar.SunMemo) shares the solar geometry
-    with the other devices of a fleet call.
+    and site are those it was made for. `sun` shares the solar geometry with the other
+    devices of a fleet call.
     """
     validate_device_id(device_id)
     now = now or utc_now()
@@ -178,7 +182,7 @@ def _horizon(settings: Settings, served: ServedModel) -> int:
 
 
 def _forecast(settings: Settings, store: Store, served: ServedModel,
-              now: datetime, sun: Any = None) -> dict[str, Any]:
+              now: datetime, sun: SunMemo | None = None) -> dict[str, Any]:
     if served.is_fallback:
         return _smart_persistence_latest(settings, store, served, now, sun)
     device_id = served.device_id
@@ -238,7 +242,7 @@ def interval_fields(intervals: dict[str, Any] | None, row: Any,
 
 
 def _smart_persistence_latest(settings: Settings, store: Store, served: ServedModel,
-                              now: datetime, sun: Any = None) -> dict[str, Any]:
+                              now: datetime, sun: SunMemo | None = None) -> dict[str, Any]:
     """The fallback forecast from the newest reading, same freshness rule as a model's."""
     from solar_ml_pipeline.forecasting.solar import smart_persistence_forecast
     from solar_ml_pipeline.readings.cleaning import clean_readings

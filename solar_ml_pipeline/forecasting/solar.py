@@ -114,8 +114,6 @@ def clear_sky_power(timestamps: Any, site: SiteLike, mount: str = DEFAULT_MOUNT,
         raise ValueError(f"unknown mount {mount!r}: expected one of {', '.join(MOUNTS)}")
     if position is None:
         position = solar_position(timestamps, site)
-    if position.empty:
-        return np.zeros(0)
     return power_from_irradiance(plane_of_array_irradiance(position, site, mount),
                                  position["elevation"].to_numpy(), site.capacity_w)
 

@@ -18,7 +18,7 @@ Written against dagster 1.13.27 (pinned): it overrides `SqliteEventLogStorage._c
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,14 +94,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn:
                 return bool(engine.dialect.has_table(conn, table_name))
 
-    def store_event(self, event: EventLogEntry) -> None:
+    def store_event(self, event: EventLogEntry) -> None:  # store_event_batch comes here too
         super().store_event(event)
         self._touch(event.run_id)
-
-    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        super().store_event_batch(events)
-        for run_id in {event.run_id for event in events}:
-            self._touch(run_id)
 
     def _touch(self, run_id: str) -> None:
         """Wake the run's watchers (inotify IN_ATTRIB reaches watchdog as a modification)."""

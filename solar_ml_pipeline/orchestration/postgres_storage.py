@@ -58,7 +58,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
                  token_provider: Any = None) -> None:
         super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data,
                          token_provider=token_provider)
-        for storage in self._storages():
+        for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
             dropped = storage._engine  # noqa: SLF001 - the engine dagster-postgres opened
             options = dropped.url.query.get("options")
             storage._engine = create_pg_engine(  # noqa: SLF001 - as optimize_for_webserver does
@@ -68,9 +68,6 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             dropped.dispose()
             _checked_on_checkout(storage._engine)  # noqa: SLF001 - the engine just made
 
-    def _storages(self) -> tuple[Any, ...]:
-        return (self._run_storage, self._event_log_storage, self._schedule_storage)
-
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,  # type: ignore[override]
                           config_value: Any) -> "PooledPostgresStorage":
@@ -78,4 +75,3 @@ class PooledPostgresStorage(DagsterPostgresStorage):
                    should_autocreate_tables=config_value.get("should_autocreate_tables", True),
                    inst_data=inst_data,
                    token_provider=get_token_provider_from_config(config_value))
-
