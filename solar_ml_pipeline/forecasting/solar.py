@@ -147,9 +147,11 @@ class SunMemo:
 
     def geometry(self, instants: pd.DatetimeIndex, site: SiteLike) -> tuple[np.ndarray, np.ndarray]:
         """(elevation, plane-of-array irradiance) at each instant, as the site computes them."""
+        wanted = _utc_index(instants)
+        if len(wanted) == 0:  # an empty window (pvlib cannot reduce an empty array)
+            return np.zeros(0), np.zeros(0)
         place = (float(site.latitude), float(site.longitude), float(site.altitude))
         table = self._tables.get(place)
-        wanted = _utc_index(instants)
         missing = wanted.unique() if table is None else wanted.unique().difference(table.index)
         if len(missing):
             position = solar_position(missing, site)

@@ -170,3 +170,9 @@ def test_the_sun_memo_gives_each_site_what_it_computes_alone_and_each_instant_on
     # Colombo's minutes once (the larger tracker there reuses them), its jittered instants,
     # and Sydney's minutes: three vectorised calls, each instant computed once
     assert calls == [180, 120, 180]
+
+
+def test_the_sun_memo_answers_an_empty_window_with_empty_geometry():
+    empty = pd.DatetimeIndex([], tz="UTC")
+    elevation, irradiance = solar.SunMemo().geometry(empty, COLOMBO)
+    assert elevation.shape == irradiance.shape == (0,)
